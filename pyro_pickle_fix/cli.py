@@ -1,0 +1,89 @@
+"""The command line: ``python -m pyro_pickle_fix`` / ``pyro-pickle-fix``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+PROG = "pyro-pickle-fix"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Make serializing Pyro guides (pickle, torch.save, copy) leave the "
+        "live guide untouched.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser(
+        "check",
+        help="run the EasyGuide save/load reproduction without and with the fix",
+        description="Train an EasyGuide, torch.save it, load it and train both again, "
+        "in two fresh interpreters: one without the fix, one with it. Exit 0 when the "
+        "fix leaves this environment safe.",
+    )
+    commands.add_parser(
+        "status",
+        help="show what is patched here and whether start-up activation is installed",
+        description="Per patch target: wrapped or not, needed or not for the installed "
+        "pyro-ppl; then where start-up activation is installed and whether it runs.",
+    )
+    for name, action in (("install", "add"), ("uninstall", "remove")):
+        command = commands.add_parser(
+            name,
+            help=f"{action} start-up activation (a block in sitecustomize.py)",
+            description=f"{action.capitalize()} the marked pyro-pickle-fix block in "
+            "sitecustomize.py, so that every interpreter of this environment "
+            f"{'activates' if name == 'install' else 'no longer activates'} the fix. "
+            "Other content of the file is kept byte for byte.",
+        )
+        command.add_argument(
+            "--target",
+            metavar="DIR",
+            help="directory of the sitecustomize.py (default: this interpreter's "
+            "site-packages)",
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        from .check import main as check
+
+        return check()
+
+    from . import installer
+
+    if args.command == "status":
+        from . import status
+
+        print(status())
+        print(installer.describe())
+        return 0
+    try:
+        if args.command == "install":
+            path, changed = installer.install(args.target)
+            print(f"{PROG}: {'installed in' if changed else 'already installed in'} {path}")
+            shadow = installer.shadowing(path)
+            if shadow is not None:
+                print(
+                    f"{PROG}: warning: Python imports {shadow} first, so this block does "
+                    f"not run; add the block there (--target) or remove that file",
+                    file=sys.stderr,
+                )
+        else:
+            path, changed = installer.uninstall(args.target)
+            if changed:
+                print(f"{PROG}: removed from {path}")
+            else:
+                print(f"{PROG}: not installed in {path}; nothing to do")
+    except installer.InstallError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    return 0

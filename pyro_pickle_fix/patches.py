@@ -1,0 +1,226 @@
+"""What pyro-pickle-fix patches: one entry per serialization method that changes
+the live object it serializes.
+
+This module is read at interpreter start-up (it tells the import trigger which
+modules to watch), so it imports nothing beyond the standard library's core.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+Version = tuple  # of ints, e.g. (1, 9, 1)
+
+#: The pyro-ppl releases this table was checked against, oldest and newest.
+KNOWN_PYRO: tuple[Version, Version] = ((1, 8, 6), (1, 9, 2))
+
+
+class Bug:
+    """One way a serialization method corrupts the live object, and where it happens."""
+
+    __slots__ = ("summary", "pyro_max", "python_min")
+
+    def __init__(
+        self,
+        summary: str,
+        *,
+        pyro_max: Version | None = None,
+        python_min: Version | None = None,
+    ) -> None:
+        self.summary = summary
+        #: Last pyro-ppl release with the bug; None: every known release has it.
+        self.pyro_max = pyro_max
+        #: First Python with the bug; None: every Python has it.
+        self.python_min = python_min
+
+    def present(self, pyro: Version, python: Version) -> bool | None:
+        """Whether this bug is in that pyro-ppl on that Python; None if pyro is unknown."""
+        if self.python_min is not None and python < self.python_min:
+            return False
+        if self.pyro_max is not None and pyro > self.pyro_max:
+            return False
+        if not KNOWN_PYRO[0] <= pyro[:3] <= KNOWN_PYRO[1]:
+            return None
+        return True
+
+
+class Patch:
+    """One wrapped serialization method.
+
+    ``target`` is ``"module:Owner.attribute"`` (or ``"module:function"``); it is
+    wrapped once ``trigger`` (default: the target's module) has been imported.
+    ``kind`` names the wrapper in :mod:`pyro_pickle_fix.serialize`.
+    """
+
+    __slots__ = ("target", "bugs", "kind", "trigger", "hide", "alive")
+
+    def __init__(
+        self,
+        target: str,
+        bugs: tuple[Bug, ...],
+        *,
+        kind: str = "copy_on_serialize",
+        trigger: str | None = None,
+        hide: Mapping[str, str] | None = None,
+        alive: tuple[str, ...] = (),
+    ) -> None:
+        self.target = target
+        self.bugs = bugs
+        self.kind = kind
+        self.trigger = trigger or self.module
+        #: Attributes emptied on the private copy while the original runs, each
+        #: mapped to the state key that then gets the live value back.
+        self.hide = dict(hide or {})
+        #: Weakref attributes that the original turns into strong references:
+        #: a dead one is an error at save time, not at load time.
+        self.alive = alive
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return tuple(self.target.partition(":")[2].split("."))
+
+    @property
+    def dotted(self) -> str:
+        return self.target.replace(":", ".")
+
+    def needed(self, pyro: Version, python: Version) -> bool | None:
+        """Whether that pyro-ppl on that Python has a bug this patch fixes (None: unknown)."""
+        answers = [bug.present(pyro, python) for bug in self.bugs]
+        if True in answers:
+            return True
+        return None if None in answers else False
+
+    def __repr__(self) -> str:
+        return f"Patch({self.target!r})"
+
+
+PY311 = (3, 11)  # object.__getstate__ exists from 3.11 on and returns the live __dict__
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        "pyro.contrib.easyguide.easyguide:Group.__getstate__",
+        (
+            # state is the live __dict__ on 3.11+; swapping the weakref for the guide
+            # in it makes group.guide call the EasyGuide instead of dereferencing it.
+            Bug(
+                "replaces the Group's weakref to its EasyGuide with a strong "
+                "reference in the live __dict__; the next SVI step fails",
+                pyro_max=(1, 9, 1),
+                python_min=PY311,
+            ),
+            # Pickles "fine" and then fails at load time, far from the cause.
+            Bug(
+                "a Group whose EasyGuide is gone pickles, and the bytes fail to load "
+                "with 'cannot create weak reference to NoneType'"
+            ),
+        ),
+        alive=("_guide",),
+    ),
+    Patch(
+        "pyro.nn.module:PyroModule.__getstate__",
+        (
+            # torch pickles a tensor's __dict__, and pyro keeps a weakref in it; the
+            # tensor_state patch drops it from what is written instead.
+            Bug(
+                "pops the 'unconstrained' weakref from every live Parameter: held "
+                "handles fail on .unconstrained() and a training thread races the save"
+            ),
+        ),
+        hide={"_parameters": "_parameters", "_modules": "_modules"},
+    ),
+    Patch(
+        "pyro.infer.autoguide.guides:AutoGuide.__getstate__",
+        (
+            Bug(
+                "sets _model and master to None on the live guide: .model, "
+                "laplace_approximation(), append() and nested guides then fail"
+            ),
+        ),
+    ),
+    Patch(
+        "pyro.infer.autoguide.guides:AutoGuide.__setstate__",
+        (
+            # copy.copy shares the child guides; re-mastering them to the copy leaves
+            # the original's children pointing at a guide that may die.
+            Bug(
+                "copy.copy re-masters the original's child guides to the copy; once "
+                "the copy is freed the original fails"
+            ),
+        ),
+        kind="adopt_children",
+    ),
+    Patch(
+        "pyro.params.param_store:ParamStoreDict.get_state",
+        (
+            Bug(
+                "pops the 'unconstrained' weakref from every live parameter in the "
+                "store (pyro.get_param_store().save())"
+            ),
+        ),
+        hide={"_params": "params"},
+    ),
+    Patch(
+        "pyro.poutine.guide:GuideMessenger.__getstate__",
+        (
+            Bug(
+                "drops the live trace of a GuideMessenger (state is the live "
+                "__dict__ on 3.11+)",
+                pyro_max=(1, 8, 6),
+                python_min=PY311,
+            ),
+        ),
+    ),
+    Patch(
+        "torch.distributions.transforms:Transform.__getstate__",
+        (
+            # pyro replaces this method in pyro/distributions/torch_patch.py; its state
+            # is the live __dict__ on 3.11+.
+            Bug(
+                "pyro's patched Transform.__getstate__ sets weakref attributes to "
+                "None in the live __dict__",
+                python_min=PY311,
+            ),
+        ),
+        trigger="pyro.distributions.torch_patch",
+    ),
+    Patch(
+        "torch._utils:_get_obj_state",
+        (
+            # The other half of the PyroModule / ParamStoreDict fixes: torch writes a
+            # tensor's __dict__, so the weakref pyro keeps there is left out of what
+            # is written instead of being popped from the live tensor.  Tensors
+            # without it are written exactly as before.
+            Bug(
+                "a tensor carrying pyro's 'unconstrained' weakref cannot be pickled "
+                "unless pyro first pops it from the live tensor"
+            ),
+        ),
+        kind="tensor_state",
+        trigger="pyro.params.param_store",
+    ),
+)
+
+
+def parse_version(text: str) -> Version:
+    """``"1.9.1"``, ``"1.9.1+abc"`` or ``"1.10.0.dev3"`` -> its leading release numbers."""
+    numbers = []
+    for part in text.replace("+", ".").split("."):
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if digits != part:
+            break
+    if not numbers:
+        raise ValueError(f"not a version: {text!r}")
+    return tuple(numbers)

@@ -1,0 +1,274 @@
+"""Applying and removing the patches of :data:`pyro_pickle_fix.patches.PATCHES`.
+
+Importing this module costs next to nothing: wrapt and the wrappers are loaded
+only when the first target module of pyro has been imported.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import sys
+
+from . import trigger
+from .patches import KNOWN_PYRO, PATCHES, Patch, parse_version
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
+
+ENV_VAR = "PYRO_PICKLE_FIX"
+OFF_VALUES = ("0", "false", "off", "no")
+ON_VALUES = ("1", "true", "on", "yes", "")
+
+_lock = _thread.RLock()
+_armed = False
+# target -> (owner, attribute, original, wrapper)
+_applied: dict[str, tuple[Any, str, Any, Any]] = {}
+# target -> why it was left alone
+_skipped: dict[str, str] = {}
+_warned_unknown_pyro = False
+
+
+def patch() -> None:
+    """Wrap every target whose module is imported; arm the rest for their import.
+
+    Idempotent: there is never more than one wrapper layer on a target.
+    """
+    global _armed
+    with _lock:
+        if _armed:
+            return
+        _armed = True
+        for entry in PATCHES:
+            trigger.when_imported(entry.trigger, _applier(entry))
+
+
+def unpatch() -> None:
+    """Put pyro's original functions back and disarm the pending imports."""
+    global _armed
+    with _lock:
+        _armed = False
+        trigger.forget_all()
+        for owner, name, original, wrapper in _applied.values():
+            if vars(owner).get(name) is wrapper:
+                setattr(owner, name, original)
+        _applied.clear()
+        _skipped.clear()
+
+
+def is_patched() -> bool:
+    """True while the fix is on: armed, and every imported target is wrapped."""
+    with _lock:
+        return _armed and all(
+            _is_wrapped(entry) for entry in PATCHES if entry.trigger in sys.modules
+        )
+
+
+def activate() -> None:
+    """Import-time activation: :func:`patch` unless ``PYRO_PICKLE_FIX`` turns it off.
+
+    Says so once when pyro-ppl is not installed, except at interpreter start-up
+    (sitecustomize), which must stay silent in environments without pyro.
+    """
+    if not environment_enabled():
+        return
+    patch()
+    if "pyro" in sys.modules or trigger.is_initializing(sys.modules.get("sitecustomize")):
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("pyro") is None:
+        _warn(
+            "pyro-ppl is not installed in this environment, so there is nothing to "
+            "patch yet; the fix applies as soon as pyro is installed and imported. "
+            "Install pyro-ppl, or uninstall pyro-pickle-fix if you do not need it."
+        )
+
+
+def environment_enabled() -> bool:
+    """What ``PYRO_PICKLE_FIX`` asks for; an unexpected value warns and keeps the fix on."""
+    value = os.environ.get(ENV_VAR)
+    if value is None:
+        return True
+    value = value.strip().lower()
+    if value in OFF_VALUES:
+        return False
+    if value not in ON_VALUES:
+        _warn(
+            f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not understood; the fix stays on. "
+            f"Set {ENV_VAR} to one of {', '.join(OFF_VALUES)} to turn it off, or to "
+            f"one of {', '.join(v for v in ON_VALUES if v)} (or unset it) to keep it on."
+        )
+    return True
+
+
+def _applier(entry: Patch) -> trigger.Callback:
+    def apply(module: ModuleType) -> None:
+        _apply(entry)
+
+    return apply
+
+
+def _apply(entry: Patch) -> None:
+    with _lock:
+        if not _armed or entry.target in _applied:
+            return
+        try:
+            owner, name, original = _resolve(entry)
+        except LookupError as missing:
+            _skipped[entry.target] = str(missing)
+            _warn(f"skipped {entry.dotted}: {missing}; it is not patched.")
+            return
+        _warn_if_unknown_pyro()
+        import wrapt
+
+        from .serialize import WRAPPERS
+
+        if getattr(original, "_self_pyro_pickle_fix", None):
+            # Another copy of this package (a reload) wrapped it already.
+            wrapper, original = original, original.__wrapped__
+        else:
+            wrapper = wrapt.FunctionWrapper(original, WRAPPERS[entry.kind](original, entry))
+            wrapper._self_pyro_pickle_fix = entry.target
+            setattr(owner, name, wrapper)
+        _applied[entry.target] = (owner, name, original, wrapper)
+        _skipped.pop(entry.target, None)
+
+
+def _resolve(entry: Patch) -> tuple[Any, str, Any]:
+    owner: Any = sys.modules.get(entry.module)
+    if owner is None:
+        import importlib
+
+        owner = importlib.import_module(entry.module)
+    *path, name = entry.path
+    for part in path:
+        try:
+            owner = getattr(owner, part)
+        except AttributeError:
+            raise LookupError(
+                f"{entry.module} has no {part!r} in pyro-ppl {pyro_version()}"
+            ) from None
+    original = vars(owner).get(name)
+    if original is None:
+        raise LookupError(
+            f"{'.'.join(path) or entry.module} does not define {name} "
+            f"in pyro-ppl {pyro_version()}"
+        )
+    return owner, name, original
+
+
+def _is_wrapped(entry: Patch) -> bool:
+    record = _applied.get(entry.target)
+    return record is not None and vars(record[0]).get(record[1]) is record[3]
+
+
+def pyro_version() -> str | None:
+    """The installed pyro-ppl version, read without importing pyro; None if absent."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyro-ppl")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _warn_if_unknown_pyro() -> None:
+    global _warned_unknown_pyro
+    version = pyro_version()
+    if _warned_unknown_pyro or version is None:
+        return
+    if KNOWN_PYRO[0] <= parse_version(version)[:3] <= KNOWN_PYRO[1]:
+        return
+    _warned_unknown_pyro = True
+    low, high = (".".join(map(str, v)) for v in KNOWN_PYRO)
+    _warn(
+        f"pyro-ppl {version} is outside the releases pyro-pickle-fix was checked "
+        f"against ({low} to {high}); its patches are applied wherever their targets "
+        "exist. Run `python -m pyro_pickle_fix check` to confirm that saving a guide "
+        "is safe here, and report the result if it is not."
+    )
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    from .errors import PyroPickleFixWarning
+
+    warnings.warn(message, PyroPickleFixWarning, stacklevel=3)
+
+
+class TargetStatus:
+    """One row of :func:`status`."""
+
+    __slots__ = ("target", "wrapped", "needed", "note")
+
+    def __init__(self, target: str, wrapped: bool, needed: bool | None, note: str) -> None:
+        self.target = target
+        self.wrapped = wrapped
+        self.needed = needed
+        self.note = note
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Status:
+    """What is patched in this interpreter, per target; ``str()`` is a readable table."""
+
+    def __init__(
+        self, pyro: str | None, python: str, active: bool, targets: list[TargetStatus]
+    ) -> None:
+        self.pyro = pyro
+        self.python = python
+        self.active = active
+        self.targets = targets
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pyro": self.pyro,
+            "python": self.python,
+            "active": self.active,
+            "targets": [row.as_dict() for row in self.targets],
+        }
+
+    def __str__(self) -> str:
+        answer = {True: "yes", False: "no", None: "unknown"}
+        lines = [
+            f"pyro-pickle-fix {'on' if self.active else 'off'} "
+            f"(pyro-ppl {self.pyro or 'not installed'}, Python {self.python})",
+            f"{'target':58} {'wrapped':8} {'needed':8} note",
+        ]
+        for row in self.targets:
+            lines.append(
+                f"{row.target:58} {answer[row.wrapped]:8} {answer[row.needed]:8} {row.note}"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Status({self.as_dict()!r})"
+
+
+def status() -> Status:
+    """Per target: its dotted path, whether it is wrapped, and whether the installed
+    pyro-ppl has the bug it fixes (``None`` when that pyro-ppl is not one we know)."""
+    version = pyro_version()
+    python = sys.version_info[:3]
+    rows = []
+    with _lock:
+        for entry in PATCHES:
+            wrapped = _is_wrapped(entry)
+            needed = None if version is None else entry.needed(parse_version(version), python)
+            if entry.target in _skipped:
+                note = "skipped: " + _skipped[entry.target]
+            elif version is None:
+                note = "pyro-ppl is not installed"
+            elif not wrapped and _armed and entry.trigger not in sys.modules:
+                note = f"waits for `import {entry.trigger}`"
+            else:
+                note = ""
+            rows.append(TargetStatus(entry.dotted, wrapped, needed, note))
+        active = _armed
+    return Status(version, ".".join(map(str, python)), active, rows)

@@ -1,0 +1,175 @@
+"""The wrappers: pyro's serialization methods run against a private copy.
+
+Each ``make_*`` function takes the original function and a :class:`Patch`, and
+returns a wrapt wrapper ``(wrapped, instance, args, kwargs)``.  Nothing here
+imports torch or pyro at module level: this module is loaded when the first
+pyro target is patched, and pyro may still be half imported then.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import weakref
+from collections import OrderedDict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .patches import Patch
+
+    Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+class DeadReferenceError(pickle.PicklingError):
+    """An object refers through a dead weak reference to what it needs; pickling it
+    would write bytes that cannot be loaded."""
+
+
+# Containers in an instance __dict__ that get their own copy in the private copy:
+# nn.Module's registries and pyro's bookkeeping dicts, which the original methods
+# and concurrent training threads change in place.
+_OWNED_CONTAINERS = (dict, OrderedDict, set, list)
+
+# ids of private copies this thread is serializing; a wrapped method of a base
+# class reached through super() works on the same copy instead of copying again.
+_in_flight = threading.local()
+
+
+def _copies_in_flight() -> set[int]:
+    ids: set[int] | None = getattr(_in_flight, "ids", None)
+    if ids is None:
+        ids = _in_flight.ids = set()
+    return ids
+
+
+def private_copy(obj: Any) -> Any:
+    """A shallow copy of ``obj`` with its own ``__dict__`` and its own containers.
+
+    Never runs ``__init__``, ``__setattr__`` or any user code: ``dict.copy`` and
+    friends are single C calls, so the snapshot is consistent even while another
+    thread is changing ``obj``.
+    """
+    attributes = obj.__dict__.copy()
+    for name, value in attributes.items():
+        if type(value) in _OWNED_CONTAINERS:
+            attributes[name] = value.copy()
+    clone = object.__new__(type(obj))
+    object.__setattr__(clone, "__dict__", attributes)
+    return clone
+
+
+def _check_alive(obj: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        ref = obj.__dict__.get(name)
+        if isinstance(ref, weakref.ref) and ref() is None:
+            raise DeadReferenceError(
+                f"cannot pickle {type(obj).__module__}.{type(obj).__qualname__} object "
+                f"at {id(obj):#x}: its attribute {name!r} is a weak reference to an "
+                "object that has been garbage collected, so the pickle could not be "
+                "loaded. Keep a reference to that object (for a Group: its EasyGuide) "
+                "and save it together with this one."
+            )
+
+
+def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrapper:
+    """The original method runs against a private copy; the live object is never
+    touched and the state returned never shares the live containers."""
+    hide = patch.hide
+    alive = patch.alive
+
+    def copy_on_serialize(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if alive:
+            _check_alive(instance, alive)
+        in_flight = _copies_in_flight()
+        nested = id(instance) in in_flight
+        target = instance if nested else private_copy(instance)
+        attributes = target.__dict__
+        hidden = {name: attributes[name] for name in hide if name in attributes}
+        for name, value in hidden.items():
+            # The original's loop over these registries reaches live tensors and
+            # submodules; on the private copy it finds nothing.
+            attributes[name] = type(value)()
+        in_flight.add(id(target))
+        try:
+            state = original(target, *args, **kwargs)
+        finally:
+            if not nested:
+                in_flight.discard(id(target))
+            attributes.update(hidden)
+        if hidden and isinstance(state, dict):
+            for name, value in hidden.items():
+                if hide[name] in state:
+                    state[hide[name]] = value  # the private copy's, never the live one
+        return state
+
+    return copy_on_serialize
+
+
+def make_adopt_children(original: Callable[..., Any], patch: Patch) -> Wrapper:
+    """Before an AutoGuide takes its state, child guides that still belong to a
+    live master (copy.copy shares them) are replaced by copies of their own."""
+
+    def adopt_children(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        (state,) = args
+        modules = state.get("_modules") if isinstance(state, dict) else None
+        if modules:
+            owned = _owned_children(modules)
+            if owned is not modules:
+                state = dict(state, _modules=owned)
+        return original(instance, state, **kwargs)
+
+    return adopt_children
+
+
+def _owned_children(modules: dict[str, Any]) -> dict[str, Any]:
+    import copy
+
+    from pyro.infer.autoguide.guides import AutoGuide
+
+    owned = None
+    for name, child in modules.items():
+        master = getattr(child, "__dict__", {}).get("master")
+        if isinstance(child, AutoGuide) and master is not None and master() is not None:
+            if owned is None:
+                owned = type(modules)(modules)
+            owned[name] = copy.copy(child)
+    return modules if owned is None else owned
+
+
+_WEAKREF_ATTRIBUTE = "unconstrained"  # pyro's link from a constrained to an unconstrained tensor
+
+
+def make_tensor_state(original: Callable[..., Any], patch: Patch) -> Wrapper:
+    """torch writes a tensor's ``__dict__``; leave out the weakref pyro keeps there.
+
+    What torch writes for a tensor without that weakref is untouched: the wrapper
+    hands back the very object the original returned.
+    """
+
+    def tensor_state(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        state = wrapped(*args, **kwargs)
+        if type(state) is dict and isinstance(state.get(_WEAKREF_ATTRIBUTE), weakref.ref):
+            state = state.copy()
+            del state[_WEAKREF_ATTRIBUTE]
+            # What pyro's pop leaves behind: object.__getstate__ of an empty __dict__.
+            return state or None
+        return state
+
+    return tensor_state
+
+
+WRAPPERS: dict[str, Callable[[Callable[..., Any], Patch], Wrapper]] = {
+    "copy_on_serialize": make_copy_on_serialize,
+    "adopt_children": make_adopt_children,
+    "tensor_state": make_tensor_state,
+}
+

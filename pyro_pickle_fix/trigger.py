@@ -1,0 +1,135 @@
+"""Lazy activation: run a callback right after a module has been imported.
+
+Like wrapt's post-import hooks, but written against the standard library alone,
+because it is installed at interpreter start-up and importing wrapt costs more
+than a bare ``python -c pass``.  A finder at the front of ``sys.meta_path``
+answers only for the watched module names; it lets the other finders find the
+module and wraps the loader so that the callbacks run after the module body.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+    from typing import Any
+
+    Callback = Callable[[ModuleType], None]
+
+_lock = threading.RLock()
+_callbacks: dict[str, list[Callback]] = {}
+
+
+def when_imported(name: str, callback: Callback) -> None:
+    """Call ``callback(module)`` once ``name`` is imported; now, if it already is.
+
+    A callback that raises is reported as a warning: the import itself never fails
+    because of it.
+    """
+    with _lock:
+        module = sys.modules.get(name)
+        if module is None or is_initializing(module):
+            _callbacks.setdefault(name, []).append(callback)
+            _install_finder()
+            return
+    _run(callback, module)
+
+
+def forget_all() -> None:
+    """Drop every pending callback (modules imported later are left alone)."""
+    with _lock:
+        _callbacks.clear()
+
+
+def pending() -> list[str]:
+    """Module names that still have callbacks waiting for their import."""
+    with _lock:
+        return sorted(_callbacks)
+
+
+def is_initializing(module: ModuleType | None) -> bool:
+    """Whether ``module`` is still running its body (its import has not finished)."""
+    spec = getattr(module, "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
+def _run(callback: Callback, module: ModuleType) -> None:
+    try:
+        callback(module)
+    except Exception as error:  # never let our hook break the user's import
+        import warnings
+
+        from .errors import PyroPickleFixWarning
+
+        warnings.warn(
+            f"pyro-pickle-fix could not patch {module.__name__} ({error!r}); "
+            "serialization of Pyro objects is left as stock pyro-ppl has it. "
+            "Run `python -m pyro_pickle_fix status` for details.",
+            PyroPickleFixWarning,
+            stacklevel=2,
+        )
+
+
+def _fire(name: str, module: ModuleType) -> None:
+    with _lock:
+        callbacks = _callbacks.pop(name, [])
+    for callback in callbacks:
+        _run(callback, module)
+
+
+class _ChainedLoader:
+    """Delegates to the real loader; runs the callbacks after the module body."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        create = getattr(self.loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module: ModuleType) -> None:
+        # Put the real loader back first so that nobody sees this one afterwards.
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        _fire(module.__name__, sys.modules.get(module.__name__, module))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+class _PostImportFinder:
+    """A meta-path finder that answers only for module names with callbacks."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname not in _callbacks:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or isinstance(finder, _PostImportFinder):
+                continue
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec(fullname, path, target) if find_spec is not None else None
+            if spec is not None:
+                if getattr(spec.loader, "exec_module", None) is not None:
+                    spec.loader = _ChainedLoader(spec.loader)
+                return spec
+        return None
+
+    def invalidate_caches(self) -> None:
+        pass
+
+
+_finder = _PostImportFinder()
+
+
+def _install_finder() -> None:
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
