@@ -54,7 +54,7 @@ class Patch:
     ``kind`` names the wrapper in :mod:`pyro_pickle_fix.serialize`.
     """
 
-    __slots__ = ("target", "bugs", "kind", "trigger", "hide", "alive")
+    __slots__ = ("target", "bugs", "kind", "trigger", "hide", "alive", "leaf_tensors")
 
     def __init__(
         self,
@@ -65,6 +65,7 @@ class Patch:
         trigger: str | None = None,
         hide: Mapping[str, str] | None = None,
         alive: tuple[str, ...] = (),
+        leaf_tensors: bool = False,
     ) -> None:
         self.target = target
         self.bugs = bugs
@@ -76,6 +77,9 @@ class Patch:
         #: Weakref attributes that the original turns into strong references:
         #: a dead one is an error at save time, not at load time.
         self.alive = alive
+        #: Non-leaf tensors in the state become leaves with the same data and
+        #: requires_grad: what pickle writes for them, and what deepcopy can copy.
+        self.leaf_tensors = leaf_tensors
 
     @property
     def module(self) -> str:
@@ -186,8 +190,15 @@ PATCHES: tuple[Patch, ...] = (
                 "None in the live __dict__",
                 python_min=PY311,
             ),
+            # A trained AutoIAFNormal caches non-leaf tensors in its transforms.
+            Bug(
+                "copy.deepcopy of a trained transform module (AutoIAFNormal) raises "
+                "'Only Tensors created explicitly by the user (graph leaves) support "
+                "the deepcopy protocol'"
+            ),
         ),
         trigger="pyro.distributions.torch_patch",
+        leaf_tensors=True,
     ),
     Patch(
         "torch._utils:_get_obj_state",

@@ -79,6 +79,7 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
     touched and the state returned never shares the live containers."""
     hide = patch.hide
     alive = patch.alive
+    leaf_tensors = patch.leaf_tensors
 
     def copy_on_serialize(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -105,9 +106,26 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
             for name, value in hidden.items():
                 if hide[name] in state:
                     state[hide[name]] = value  # the private copy's, never the live one
+        if leaf_tensors and isinstance(state, dict):
+            _make_leaves(state)
         return state
 
     return copy_on_serialize
+
+
+def _make_leaves(state: dict[str, Any]) -> None:
+    import torch
+
+    def leaf(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and not value.is_leaf:
+            return value.detach().requires_grad_(value.requires_grad)
+        return value
+
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor):
+            state[name] = leaf(value)
+        elif type(value) is tuple and any(isinstance(v, torch.Tensor) for v in value):
+            state[name] = tuple(leaf(v) for v in value)
 
 
 def make_adopt_children(original: Callable[..., Any], patch: Patch) -> Wrapper:
