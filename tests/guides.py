@@ -43,11 +43,13 @@ def _sub_plates(data: torch.Tensor = DATA, latents: int = 2, subsample_size: int
 
 
 class Easy(EasyGuide):  # type: ignore[misc]
-    def guide(self, data: torch.Tensor = DATA, latents: int = 2) -> None:
+    def guide(
+        self, data: torch.Tensor = DATA, latents: int = 2, subsample_size: int | None = None
+    ) -> None:
         for i in range(latents):
             self.map_estimate(f"g{i}")
         self.map_estimate("scale")
-        with self.plate("data", len(data)):
+        with self.plate("data", len(data), subsample_size=subsample_size):
             self.group(match="local").map_estimate()
 
 
@@ -105,9 +107,15 @@ KINDS: dict[str, tuple[Callable[..., Any], Callable[[Callable[..., Any]], Any], 
 }
 
 
-def build(kind: str, seed: int = 0, steps: int = 3) -> tuple[Any, Any, dict[str, Any]]:
-    """A freshly built and trained (model, guide, model kwargs); deterministic per seed."""
+def build(
+    kind: str, seed: int = 0, steps: int = 3, **overrides: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """A freshly built and trained (model, guide, model kwargs); deterministic per seed.
+
+    ``overrides`` change the model's arguments (data, latents, subsample_size).
+    """
     model_fn, factory, kwargs = KINDS[kind]
+    kwargs = {**kwargs, **overrides}
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     if kind == "PyroModule":
@@ -131,7 +139,14 @@ def outputs(kind: str, model_fn: Any, guide: Any, kwargs: dict[str, Any]) -> Any
         trace = poutine.trace(guide).get_trace()
         values = {n: s["value"] for n, s in trace.nodes.items() if s["type"] == "sample"}
         return values, {n: p.detach().clone() for n, p in guide.named_parameters()}
-    run_guide = guide
-    trace = poutine.trace(run_guide).get_trace(**kwargs)
+    trace = poutine.trace(guide).get_trace(**kwargs)
     values = {n: s["value"] for n, s in trace.nodes.items() if s["type"] in ("sample", "param")}
     return values, train(model_fn, guide, kwargs, 2)
+
+
+def sample_in_worker(guide: Any, kwargs: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """Run in a spawned worker: the guide arrives pickled; its samples from ``seed``."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    trace = poutine.trace(guide).get_trace(**kwargs)
+    return {n: s["value"].detach() for n, s in trace.nodes.items() if s["type"] == "sample"}
