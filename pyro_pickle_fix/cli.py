@@ -12,8 +12,14 @@ if TYPE_CHECKING:
 PROG = "pyro-pickle-fix"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line that says what is wrong and where to look, instead of argparse's usage dump.
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Make serializing Pyro guides (pickle, torch.save, copy) leave the "
         "live guide untouched.",

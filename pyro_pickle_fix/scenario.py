@@ -78,8 +78,9 @@ def save_and_load(obj: Any) -> Any:
 
 
 def live_graph(guide: Any) -> list[tuple[int, dict[str, int]]]:
-    """The guide's and its groups' ``__dict__`` objects and value identities."""
-    objects = [guide, *guide.groups.values()]
+    """``__dict__`` objects and value identities of the guide, its groups and its
+    parameters (pyro keeps a weakref in each parameter's ``__dict__``)."""
+    objects = [guide, *guide.groups.values(), *guide.parameters()]
     return [(id(o.__dict__), {k: id(v) for k, v in o.__dict__.items()}) for o in objects]
 
 
