@@ -13,9 +13,8 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from collections.abc import Mapping
+    from typing import Any
 
 
 def run_scenario(fix: bool, python: str = sys.executable) -> dict[str, Any]:

@@ -50,8 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--target",
             metavar="DIR",
-            help="directory of the sitecustomize.py (default: this interpreter's "
-            "site-packages)",
+            help="directory of the sitecustomize.py (default: this interpreter's site-packages)",
         )
     return parser
 

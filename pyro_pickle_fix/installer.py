@@ -7,6 +7,7 @@ created it and nothing else is left in it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import sysconfig
@@ -86,10 +87,8 @@ def _write(path: str, text: str) -> None:
             os.chmod(temporary, os.stat(path).st_mode & 0o7777)
         os.replace(temporary, path)
     except OSError as error:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temporary)
-        except OSError:
-            pass
         raise InstallError(
             f"cannot write {path}: {error.strerror or error}. Run as a user who can "
             "write there, or pass --target DIR for a directory on sys.path you can write."
@@ -150,8 +149,9 @@ def _search_path() -> list[str]:
 def effective_sitecustomize() -> str | None:
     """The sitecustomize.py Python imports at start-up (the first on sys.path)."""
     loaded = sys.modules.get("sitecustomize")
-    if loaded is not None and getattr(loaded, "__file__", None):
-        return os.path.abspath(loaded.__file__)  # type: ignore[arg-type]
+    location: str | None = getattr(loaded, "__file__", None)
+    if location:
+        return os.path.abspath(location)
     for directory in _search_path():
         for name in ("sitecustomize.py", os.path.join("sitecustomize", "__init__.py")):
             candidate = os.path.join(directory, name)

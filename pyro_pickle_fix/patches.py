@@ -11,7 +11,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-Version = tuple  # of ints, e.g. (1, 9, 1)
+Version = tuple[int, ...]  # e.g. (1, 9, 1)
 
 #: The pyro-ppl releases this table was checked against, oldest and newest.
 KNOWN_PYRO: tuple[Version, Version] = ((1, 8, 6), (1, 9, 2))
@@ -20,7 +20,7 @@ KNOWN_PYRO: tuple[Version, Version] = ((1, 8, 6), (1, 9, 2))
 class Bug:
     """One way a serialization method corrupts the live object, and where it happens."""
 
-    __slots__ = ("summary", "pyro_max", "python_min")
+    __slots__ = ("pyro_max", "python_min", "summary")
 
     def __init__(
         self,
@@ -54,7 +54,7 @@ class Patch:
     ``kind`` names the wrapper in :mod:`pyro_pickle_fix.serialize`.
     """
 
-    __slots__ = ("target", "bugs", "kind", "trigger", "hide", "alive", "leaf_tensors")
+    __slots__ = ("alive", "bugs", "hide", "kind", "leaf_tensors", "target", "trigger")
 
     def __init__(
         self,
@@ -173,8 +173,7 @@ PATCHES: tuple[Patch, ...] = (
         "pyro.poutine.guide:GuideMessenger.__getstate__",
         (
             Bug(
-                "drops the live trace of a GuideMessenger (state is the live "
-                "__dict__ on 3.11+)",
+                "drops the live trace of a GuideMessenger (state is the live __dict__ on 3.11+)",
                 pyro_max=(1, 8, 6),
                 python_min=PY311,
             ),

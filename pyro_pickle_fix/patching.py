@@ -131,7 +131,8 @@ def _apply(entry: Patch) -> None:
             wrapper, original = original, original.__wrapped__
         else:
             wrapper = wrapt.FunctionWrapper(original, WRAPPERS[entry.kind](original, entry))
-            wrapper._self_pyro_pickle_fix = entry.target
+            # wrapt keeps _self_* attributes on the wrapper, not on the wrapped function.
+            wrapper._self_pyro_pickle_fix = entry.target  # type: ignore[attr-defined]
             setattr(owner, name, wrapper)
         _applied[entry.target] = (owner, name, original, wrapper)
         _skipped.pop(entry.target, None)
@@ -154,8 +155,7 @@ def _resolve(entry: Patch) -> tuple[Any, str, Any]:
     original = vars(owner).get(name)
     if original is None:
         raise LookupError(
-            f"{'.'.join(path) or entry.module} does not define {name} "
-            f"in pyro-ppl {pyro_version()}"
+            f"{'.'.join(path) or entry.module} does not define {name} in pyro-ppl {pyro_version()}"
         )
     return owner, name, original
 
@@ -203,7 +203,7 @@ def _warn(message: str) -> None:
 class TargetStatus:
     """One row of :func:`status`."""
 
-    __slots__ = ("target", "wrapped", "needed", "note")
+    __slots__ = ("needed", "note", "target", "wrapped")
 
     def __init__(self, target: str, wrapped: bool, needed: bool | None, note: str) -> None:
         self.target = target

@@ -21,7 +21,7 @@ import torch
 from pyro.contrib.easyguide import EasyGuide
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide.initialization import init_to_median
-from pyro.optim import Adam
+from pyro.optim import Adam  # type: ignore[attr-defined]
 
 TIME_STEPS = 8
 FULL_SIZE = 50
@@ -38,12 +38,12 @@ def model(batch: torch.Tensor, subsample: torch.Tensor, full_size: int) -> None:
             pyro.sample(f"obs_{t}", dist.Bernoulli(logits=z), obs=batch[t])
 
 
-class PickleGuide(EasyGuide):  # type: ignore[misc]
+class PickleGuide(EasyGuide):
     """MAP estimates of the drift and of every state, grouped."""
 
     def __init__(self, model: Callable[..., Any]) -> None:
         super().__init__(model)
-        self.init = init_to_median
+        self.init = init_to_median  # type: ignore[method-assign]
 
     def guide(self, batch: torch.Tensor, subsample: torch.Tensor, full_size: int) -> None:
         self.map_estimate("drift")

@@ -190,4 +190,3 @@ WRAPPERS: dict[str, Callable[[Callable[..., Any], Patch], Wrapper]] = {
     "adopt_children": make_adopt_children,
     "tensor_state": make_tensor_state,
 }
-

@@ -116,10 +116,13 @@ class _PostImportFinder:
             if finder is self or isinstance(finder, _PostImportFinder):
                 continue
             find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(fullname, path, target) if find_spec is not None else None
+            spec: ModuleSpec | None = (
+                find_spec(fullname, path, target) if find_spec is not None else None
+            )
             if spec is not None:
                 if getattr(spec.loader, "exec_module", None) is not None:
-                    spec.loader = _ChainedLoader(spec.loader)
+                    # Duck-typed: importlib.abc.Loader would cost an import at start-up.
+                    spec.loader = _ChainedLoader(spec.loader)  # type: ignore[assignment]
                 return spec
         return None
 

@@ -225,5 +225,7 @@ def test_a_failing_trigger_warns_and_leaves_the_import_working(monkeypatch):
         module = importlib.import_module(name)
     assert module.__name__ == name
     assert module.__loader__.__class__.__name__ != "_ChainedLoader"
-    messages = [str(w.message) for w in caught if w.category is pyro_pickle_fix.PyroPickleFixWarning]
+    messages = [
+        str(w.message) for w in caught if w.category is pyro_pickle_fix.PyroPickleFixWarning
+    ]
     assert len(messages) == 1 and "RuntimeError('boom')" in messages[0]

@@ -19,7 +19,10 @@ from pyro_pickle_fix import scenario
 
 
 def test_reproduction_without_the_fix_shows_the_bug_where_pyro_has_it():
-    done = run_python("from pyro_pickle_fix import scenario; print(scenario.json.dumps(scenario.reproduce()))", fix=False)
+    done = run_python(
+        "from pyro_pickle_fix import scenario; print(scenario.json.dumps(scenario.reproduce()))",
+        fix=False,
+    )
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.splitlines()[-1])
     assert outcome["fix_active"] is False
@@ -74,7 +77,9 @@ def test_original_copy_and_twin_agree_from_the_same_seed(path):
 
     def outputs(guide):
         trace = poutine.trace(guide).get_trace(batch, subsample, 50)
-        values = {name: site["value"] for name, site in trace.nodes.items() if site["type"] == "sample"}
+        values = {
+            name: site["value"] for name, site in trace.nodes.items() if site["type"] == "sample"
+        }
         return values, scenario.train(guide, data, epochs=1)
 
     expected = outputs_from_seed(lambda: outputs(twin))

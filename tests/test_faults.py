@@ -82,7 +82,7 @@ class FaultyGuide(pyro.infer.autoguide.AutoNormal, Boom):
 
 
 def test_original_getstate_raising_midway_leaves_the_guide_as_it_was():
-    model_fn, guide, kwargs = build("AutoNormal")
+    model_fn, _, kwargs = build("AutoNormal")
     faulty = FaultyGuide(model_fn)
     faulty(**kwargs)
     model = faulty.model
@@ -136,7 +136,7 @@ def test_threads_saving_reading_and_training_never_see_a_change(kind):
         def run():
             try:
                 action()
-            except BaseException as error:  # noqa: BLE001 - report anything
+            except BaseException as error:
                 errors.append(f"{threading.current_thread().name}: {error!r}")
 
         return run
@@ -182,7 +182,7 @@ def test_threads_saving_reading_and_training_never_see_a_change(kind):
 
 
 def test_a_guide_sent_to_a_spawned_worker_runs_there_and_stays_intact():
-    model_fn, guide, kwargs = build("AutoGuideList")
+    _, guide, kwargs = build("AutoGuideList")
     before = snapshot(guide)
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:

@@ -87,7 +87,7 @@ class TestAutoGuideApi:
 
     @pytest.mark.parametrize("path", sorted(ROUNDTRIPS))
     def test_guide_list_keeps_its_masters_and_can_append(self, path):
-        _, guide, kwargs = build("AutoGuideList")
+        _, guide, _ = build("AutoGuideList")
         ROUNDTRIPS[path](guide)
         for child in guide.modules():
             if child is not guide and isinstance(child, ag.AutoGuide):
@@ -96,10 +96,14 @@ class TestAutoGuideApi:
         assert isinstance(guide[-1], ag.AutoCallable)
 
     def test_copy_copy_leaves_the_original_children_mastered_to_it(self):
-        model_fn, guide, kwargs = build("AutoGuideList")
+        _, guide, kwargs = build("AutoGuideList")
         shallow = copy.copy(guide)
         shallow_children = [m for m in shallow.modules() if m is not shallow]
-        assert all(child.master() is shallow for child in shallow_children if isinstance(child, ag.AutoGuide))
+        assert all(
+            child.master() is shallow
+            for child in shallow_children
+            if isinstance(child, ag.AutoGuide)
+        )
         del shallow, shallow_children
         gc.collect()
         for child in guide.modules():
@@ -188,8 +192,7 @@ def test_stock_save_pops_the_weakref_from_held_parameters():
 
 def test_stock_deepcopy_of_a_trained_iaf_guide_fails():
     found = stock(
-        "_, guide, _ = build('AutoIAFNormal')\n"
-        "attempt('deepcopy', lambda: copy.deepcopy(guide))\n"
+        "_, guide, _ = build('AutoIAFNormal')\nattempt('deepcopy', lambda: copy.deepcopy(guide))\n"
     )
     assert found["deepcopy"].startswith("RuntimeError: Only Tensors created explicitly")
 

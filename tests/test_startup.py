@@ -30,8 +30,19 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build = tmp_path_factory.mktemp("build")
     shutil.copytree(ROOT, build / "src", ignore=shutil.ignore_patterns(".*", "build", "*.egg-info"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-index", "-q", "-w", str(out), str(build / "src")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(build / "src"),
+        ],
         check=True,
     )
     (found,) = out.glob("pyro_pickle_fix-*.whl")
@@ -61,28 +72,51 @@ class Env:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
         self.root = root
         self.python = str(root / "bin" / "python")
-        self.site = Path(self.run("import sysconfig; print(sysconfig.get_paths()['purelib'])",
-                                  check=True).stdout.strip())
+        self.site = Path(
+            self.run(
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])", check=True
+            ).stdout.strip()
+        )
         (self.site / "_test_dependencies.pth").write_text(str(dependencies) + "\n")
         subprocess.run(
-            [sys.executable, "-m", "pip", "--python", self.python, "install", "-q",
-             "--no-deps", "--no-index", str(wheel)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                self.python,
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-index",
+                str(wheel),
+            ],
             check=True,
         )
 
-    def run(self, code: str, *, env: dict[str, str] | None = None, check: bool = False,
-            args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-        environment = {k: v for k, v in os.environ.items()
-                       if not k.startswith(("PYRO_PICKLE_FIX", "PYTHON"))}
+    def run(
+        self,
+        code: str,
+        *,
+        env: dict[str, str] | None = None,
+        check: bool = False,
+        args: list[str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        environment = {
+            k: v for k, v in os.environ.items() if not k.startswith(("PYRO_PICKLE_FIX", "PYTHON"))
+        }
         environment.update(env or {})
         command = [self.python, *(args if args is not None else ["-c", code])]
-        done = subprocess.run(command, env=environment, capture_output=True, text=True,
-                              timeout=600, check=False)
+        done = subprocess.run(
+            command, env=environment, capture_output=True, text=True, timeout=600, check=False
+        )
         if check:
             assert done.returncode == 0, done.stderr
         return done
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return self.run("", env=env, args=["-m", "pyro_pickle_fix", *args])
 
     @property
@@ -137,9 +171,11 @@ def test_a_spawned_child_gets_the_fix_through_activation_alone(venv, tmp_path):
 
 def test_start_up_imports_nothing_heavy_and_honours_opt_out(venv):
     venv.cli("install")
-    probe = ("import json, sys; fix = sys.modules.get('pyro_pickle_fix'); "
-             "print(json.dumps([sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('torch', 'pyro', 'wrapt')), bool(fix and fix.status().active)]))")
+    probe = (
+        "import json, sys; fix = sys.modules.get('pyro_pickle_fix'); "
+        "print(json.dumps([sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'pyro', 'wrapt')), bool(fix and fix.status().active)]))"
+    )
     assert json.loads(venv.run(probe, check=True).stdout) == [[], True]
     off = venv.run(probe, env={"PYRO_PICKLE_FIX": "0"}, check=True)
     assert json.loads(off.stdout) == [[], False]
@@ -166,7 +202,10 @@ def test_existing_sitecustomize_is_kept_byte_for_byte(venv):
     assert venv.cli("install").returncode == 0
     text = venv.sitecustomize.read_bytes()
     assert text.startswith(user)
-    assert venv.run("import sitecustomize; print(sitecustomize.VALUE)", check=True).stdout.strip() == "\xe9"
+    assert (
+        venv.run("import sitecustomize; print(sitecustomize.VALUE)", check=True).stdout.strip()
+        == "\xe9"
+    )
     again = venv.cli("install")
     assert "already installed" in again.stdout
     assert venv.sitecustomize.read_bytes() == text  # one block only
@@ -186,9 +225,12 @@ def _make_read_only(directory: Path) -> list[str]:
     """chmod for users; chattr +i for root, whom permission bits do not stop."""
     directory.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
     undo = []
-    if os.geteuid() == 0 and shutil.which("chattr"):
-        if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0:
-            undo = ["chattr", "-i", str(directory)]
+    root = os.geteuid() == 0 and shutil.which("chattr")
+    if (
+        root
+        and subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+    ):
+        undo = ["chattr", "-i", str(directory)]
     probe = directory / ".probe"
     try:
         probe.touch()
@@ -209,7 +251,9 @@ def test_read_only_target_is_a_clear_error_and_writes_nothing(venv, tmp_path):
         assert done.returncode == 1
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr
-        assert lines[0].startswith(f"pyro-pickle-fix: error: cannot write {target}/sitecustomize.py")
+        assert lines[0].startswith(
+            f"pyro-pickle-fix: error: cannot write {target}/sitecustomize.py"
+        )
         assert "--target DIR" in lines[0]
         assert list(target.iterdir()) == []
     finally:
