@@ -74,9 +74,13 @@ def report(without: Mapping[str, Any], with_fix: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(python: str = sys.executable) -> int:
-    """Run both scenarios, print the table; 0 when the fix leaves this environment safe."""
+def main(python: str = sys.executable, as_json: bool = False) -> int:
+    """Run both scenarios, print the table (or JSON); 0 when the fix leaves this
+    environment safe."""
     without = run_scenario(False, python)
     with_fix = run_scenario(True, python)
-    print(report(without, with_fix))
+    if as_json:
+        print(json.dumps({"without_fix": without, "with_fix": with_fix, "safe": safe(with_fix)}))
+    else:
+        print(report(without, with_fix))
     return 0 if safe(with_fix) else 1

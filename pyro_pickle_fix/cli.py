@@ -25,13 +25,14 @@ def _parser() -> argparse.ArgumentParser:
         "live guide untouched.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser(
+    check = commands.add_parser(
         "check",
         help="run the EasyGuide save/load reproduction without and with the fix",
         description="Train an EasyGuide, torch.save it, load it and train both again, "
         "in two fresh interpreters: one without the fix, one with it. Exit 0 when the "
         "fix leaves this environment safe.",
     )
+    check.add_argument("--json", action="store_true", help="print both outcomes as JSON")
     commands.add_parser(
         "status",
         help="show what is patched here and whether start-up activation is installed",
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         from .check import main as check
 
-        return check()
+        return check(as_json=args.json)
 
     from . import installer
 
