@@ -45,4 +45,3 @@ def tests(session: nox.Session, pyro: str, wrapt: str) -> None:
     )
     with open(f"{cell}.json", "w") as file:
         json.dump(json.loads(str(outcome).strip().splitlines()[-1]), file)
-

@@ -95,6 +95,22 @@ def _write(path: str, text: str) -> None:
         ) from None
 
 
+def _compile(path: str) -> None:
+    """Byte-compile now, so that no interpreter pays for compiling it at start-up
+    (with PYTHONDONTWRITEBYTECODE set, every one would)."""
+    import importlib.util
+    import py_compile
+
+    cached = importlib.util.cache_from_source(path)
+    try:
+        if os.path.exists(path):
+            py_compile.compile(path, cfile=cached, doraise=True)
+        elif os.path.exists(cached):
+            os.unlink(cached)
+    except (py_compile.PyCompileError, OSError):
+        pass  # Python compiles it at start-up instead, as without us
+
+
 def install(directory: str | None = None) -> tuple[str, bool]:
     """Add the block to ``directory``/sitecustomize.py; (path, whether it changed)."""
     path = sitecustomize_path(directory)
@@ -111,6 +127,7 @@ def install(directory: str | None = None) -> tuple[str, bool]:
     newline = bool(before) and not before.endswith("\n")
     block = BEGIN + "\n" + _META.format(created=int(created), newline=int(newline)) + _BODY
     _write(path, before + ("\n" if newline else "") + block)
+    _compile(path)
     return path, True
 
 
@@ -136,6 +153,7 @@ def uninstall(directory: str | None = None) -> tuple[str, bool]:
             ) from None
     else:
         _write(path, rest)
+    _compile(path)
     return path, True
 
 

@@ -9,8 +9,8 @@ module and wraps the loader so that the callbacks run after the module body.
 
 from __future__ import annotations
 
+import _thread  # not threading: that costs milliseconds at start-up
 import sys
-import threading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     Callback = Callable[[ModuleType], None]
 
-_lock = threading.RLock()
+_lock = _thread.RLock()
 _callbacks: dict[str, list[Callback]] = {}
 
 

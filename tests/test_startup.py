@@ -8,14 +8,12 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+from scratch_env import ROOT, build_wheel, link_dependencies, make_env
 from support import GROUP_BUG
 
-ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "pyro_pickle_fix" / "scenario.py"
 # Runs the reproduction from its file: this script never imports pyro_pickle_fix.
 REPRODUCE = f"import runpy; runpy.run_path({str(SCENARIO)!r}, run_name='__main__')"
@@ -26,73 +24,20 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package, built once from this checkout (non-editable)."""
-    out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")
-    shutil.copytree(ROOT, build / "src", ignore=shutil.ignore_patterns(".*", "build", "*.egg-info"))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "-q",
-            "-w",
-            str(out),
-            str(build / "src"),
-        ],
-        check=True,
-    )
-    (found,) = out.glob("pyro_pickle_fix-*.whl")
-    return found
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="session")
 def dependencies(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This environment's site-packages without pyro-pickle-fix: links to torch,
-    pyro, wrapt and the rest, so a fresh environment need not reinstall them."""
-    here = Path(sysconfig.get_paths()["purelib"])
-    linked = tmp_path_factory.mktemp("deps")
-    for entry in here.iterdir():
-        name = entry.name.lower()
-        if "pyro_pickle_fix" in name or "pyro-pickle-fix" in name or name.endswith(".pth"):
-            continue
-        if name.startswith("sitecustomize"):
-            continue
-        (linked / entry.name).symlink_to(entry)
-    return linked
+    return link_dependencies(tmp_path_factory.mktemp("deps"))
 
 
 class Env:
     """A fresh virtual environment with the package installed from the wheel."""
 
     def __init__(self, root: Path, wheel: Path, dependencies: Path) -> None:
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
         self.root = root
-        self.python = str(root / "bin" / "python")
-        self.site = Path(
-            self.run(
-                "import sysconfig; print(sysconfig.get_paths()['purelib'])", check=True
-            ).stdout.strip()
-        )
-        (self.site / "_test_dependencies.pth").write_text(str(dependencies) + "\n")
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "--python",
-                self.python,
-                "install",
-                "-q",
-                "--no-deps",
-                "--no-index",
-                str(wheel),
-            ],
-            check=True,
-        )
+        self.python, self.site = make_env(root, wheel, dependencies)
 
     def run(
         self,

@@ -57,7 +57,9 @@ def rows(results: Path) -> tuple[list[str], int, int]:
         report = check.with_suffix(".xml")
         if report.exists():
             passed, failed, skipped = suite_counts(report)
-            suite = f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
+            suite = f"{passed} passed, {failed} failed" + (
+                f", {skipped} skipped" if skipped else ""
+            )
         else:
             passed, failed, suite = 0, 1, "no report"
         passed_total += passed

@@ -1,0 +1,148 @@
+"""Overhead of the fix when saving a guide: patched / unpatched, paired runs.
+
+    .venv/bin/python benchmarks/serialization.py [--pairs 40]
+
+For each guide and each of ``torch.save`` and ``pickle.dumps``, every pair times
+one patched and one unpatched save (in random order, switched with
+``unpatch()`` / ``patch()``) in this one process; the ratio of each pair is
+patched / unpatched.  Reported: median ratio with min and max.  Before every
+timed save the guide is run once (untimed) so that pyro's weakrefs are in place
+for both: stock pyro strips them from the live parameters when it saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import pickle
+import platform
+import random
+import statistics
+import time
+from typing import Any, Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import autoguide as ag
+
+import pyro_pickle_fix
+from pyro_pickle_fix import scenario
+
+
+def many_sites_model(sites: int = 1000) -> Callable[[], None]:
+    def model() -> None:
+        for i in range(sites):
+            pyro.sample(f"z{i}", dist.Normal(0.0, 1.0))
+
+    return model
+
+
+def wide_model(dim: int = 2000) -> None:
+    pyro.sample("z", dist.Normal(torch.zeros(dim), 1.0).to_event(1))
+
+
+def tutorial_guide() -> tuple[Any, Callable[[], None]]:
+    data = scenario.make_data()
+    guide = scenario.PickleGuide(scenario.model)
+    scenario.train(guide, data, epochs=1)
+    subsample = torch.arange(scenario.BATCH_SIZE)
+    return guide, lambda: guide(data[:, subsample], subsample, scenario.FULL_SIZE)
+
+
+def auto_guide(guide: Any) -> tuple[Any, Callable[[], None]]:
+    guide()
+    return guide, guide
+
+
+CASES: dict[str, Callable[[], tuple[Any, Callable[[], None]]]] = {
+    "(a) tutorial EasyGuide": tutorial_guide,
+    "(b) AutoNormal, 1,000 latent sites": lambda: auto_guide(ag.AutoNormal(many_sites_model())),
+    "(c) AutoMultivariateNormal, 2,000-dim latent": lambda: auto_guide(
+        ag.AutoMultivariateNormal(wide_model)
+    ),
+}
+
+SAVES: dict[str, Callable[[Any], object]] = {
+    "torch.save": lambda obj: torch.save(obj, io.BytesIO()),
+    "pickle.dumps": lambda obj: pickle.dumps(obj, pickle.HIGHEST_PROTOCOL),
+}
+
+
+def timed(
+    save: Callable[[Any], object], obj: Any, prepare: Callable[[], None], patched: bool
+) -> float:
+    if patched:
+        pyro_pickle_fix.patch()
+    else:
+        pyro_pickle_fix.unpatch()
+    prepare()
+    start = time.perf_counter()
+    save(obj)
+    return time.perf_counter() - start
+
+
+def ratios(
+    save: Callable[[Any], object], obj: Any, prepare: Callable[[], None], pairs: int
+) -> list[float]:
+    for patched in (True, False):  # warm up both paths
+        timed(save, obj, prepare, patched)
+    result = []
+    for _ in range(pairs):
+        order = [True, False]
+        random.shuffle(order)
+        times = {patched: timed(save, obj, prepare, patched) for patched in order}
+        result.append(times[True] / times[False])
+    pyro_pickle_fix.patch()
+    return result
+
+
+def getstate_cost(obj: Any, repeats: int = 2000) -> tuple[float, float]:
+    """Microseconds per ``obj.__getstate__()`` call: wrapped, and pyro's own."""
+    costs = {}
+    for patched in (True, False):
+        if patched:
+            pyro_pickle_fix.patch()
+        else:
+            pyro_pickle_fix.unpatch()
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                obj.__getstate__()
+            samples.append((time.perf_counter() - start) / repeats * 1e6)
+        costs[patched] = min(samples)
+    pyro_pickle_fix.patch()
+    return costs[True], costs[False]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=40)
+    args = parser.parse_args()
+    print(
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"pyro-ppl {pyro.__version__}, {platform.machine()}, {args.pairs} pairs"
+    )
+    print("| guide | save | patched / unpatched: median | min | max |")
+    print("|---|---|---|---|---|")
+    costs = []
+    for label, make in CASES.items():
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        obj, prepare = make()
+        for save_name, save in SAVES.items():
+            found = ratios(save, obj, prepare, args.pairs)
+            print(
+                f"| {label} | {save_name} | {statistics.median(found):.3f} "
+                f"| {min(found):.3f} | {max(found):.3f} |"
+            )
+        costs.append((label, *getstate_cost(obj)))
+    print("\n| guide | one `__getstate__()` call, wrapped | pyro's own | difference |")
+    print("|---|---|---|---|")
+    for label, wrapped, original in costs:
+        print(f"| {label} | {wrapped:.1f} us | {original:.1f} us | {wrapped - original:+.1f} us |")
+
+
+if __name__ == "__main__":
+    main()
