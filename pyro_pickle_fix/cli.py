@@ -36,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "status",
         help="show what is patched here and whether start-up activation is installed",
-        description="Per patch target: wrapped or not, needed or not for the installed "
-        "pyro-ppl; then where start-up activation is installed and whether it runs.",
+        description="Imports pyro, then shows per patch target: wrapped or not, needed or "
+        "not for the installed pyro-ppl; then where start-up activation is installed and "
+        "whether it runs.",
     )
     for name, action in (("install", "add"), ("uninstall", "remove")):
         command = commands.add_parser(
@@ -56,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_targets() -> None:
+    """Import pyro's target modules, so that status shows what a program using
+    pyro gets here (a process that never imports pyro has nothing wrapped)."""
+    import contextlib
+    import importlib
+
+    from .patches import PATCHES
+
+    for name in dict.fromkeys(entry.trigger for entry in PATCHES):
+        with contextlib.suppress(ImportError):  # status says so for each target
+            importlib.import_module(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -69,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         from . import status
 
+        _import_targets()
         print(status())
         print(installer.describe())
         return 0

@@ -28,9 +28,7 @@ def test_check_reports_the_bug_and_that_the_fix_makes_this_environment_safe():
 def test_check_exits_non_zero_when_the_fix_does_not_protect(tmp_path):
     # A sitecustomize that switches the fix off in every interpreter, even the
     # one check starts with PYRO_PICKLE_FIX=1.
-    (tmp_path / "sitecustomize.py").write_text(
-        "import os\nos.environ['PYRO_PICKLE_FIX'] = '0'\n"
-    )
+    (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['PYRO_PICKLE_FIX'] = '0'\n")
     done = run_python(
         "from pyro_pickle_fix.cli import main; raise SystemExit(main(['check', '--json']))",
         env={"PYTHONPATH": str(tmp_path)},
