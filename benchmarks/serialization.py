@@ -13,6 +13,7 @@ for both: stock pyro strips them from the live parameters when it saves.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import pickle
 import platform
@@ -89,20 +90,23 @@ def timed(
     total = 0.0
     for _ in range(saves):
         prepare()
+        gc.collect()
+        gc.disable()  # a collection of prepare()'s garbage is not the save's cost
         start = time.perf_counter()
         save(obj)
         total += time.perf_counter() - start
+        gc.enable()
     return total
 
 
 def ratios(
     save: Callable[[Any], object], obj: Any, prepare: Callable[[], None], pairs: int
 ) -> list[float]:
-    # Enough saves per sample for ~50 ms of saving, so timer and scheduler noise
+    # Enough saves per sample for ~100 ms of saving, so timer and scheduler noise
     # are small against what is measured.
     once = timed(save, obj, prepare, False, 3) / 3
     timed(save, obj, prepare, True, 3)
-    saves = max(1, round(0.05 / once))
+    saves = max(3, round(0.1 / once))
     result = []
     for _ in range(pairs):
         order = [True, False]
@@ -134,7 +138,7 @@ def getstate_cost(obj: Any, repeats: int = 2000) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=40)
+    parser.add_argument("--pairs", type=int, default=30)
     args = parser.parse_args()
     print(
         f"Python {platform.python_version()}, torch {torch.__version__}, "

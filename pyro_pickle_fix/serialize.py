@@ -48,9 +48,8 @@ def _copies_in_flight() -> set[int]:
 def private_copy(obj: Any) -> Any:
     """A shallow copy of ``obj`` with its own ``__dict__`` and its own containers.
 
-    Never runs ``__init__``, ``__setattr__`` or any user code: ``dict.copy`` and
-    friends are single C calls, so the snapshot is consistent even while another
-    thread is changing ``obj``.
+    Never runs ``__init__``, ``__setattr__`` or any user code, and each copy is a
+    single C call, so none sees a container half-changed by a training thread.
     """
     attributes = obj.__dict__.copy()
     for name, value in attributes.items():
@@ -80,6 +79,7 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
     hide = patch.hide
     alive = patch.alive
     leaf_tensors = patch.leaf_tensors
+    weakref_free = patch.weakref_free
 
     def copy_on_serialize(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -108,6 +108,9 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
                     state[hide[name]] = value  # the private copy's, never the live one
         if leaf_tensors and isinstance(state, dict):
             _make_leaves(state)
+        for key in weakref_free:
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state[key] = WeakrefFreeDict(state[key])
         return state
 
     return copy_on_serialize
@@ -161,32 +164,69 @@ def _owned_children(modules: dict[str, Any]) -> dict[str, Any]:
     return modules if owned is None else owned
 
 
-_WEAKREF_ATTRIBUTE = "unconstrained"  # pyro's link from a constrained to an unconstrained tensor
+_WEAKREF = "unconstrained"  # pyro's link from a constrained to an unconstrained tensor
 
 
-def make_tensor_state(original: Callable[..., Any], patch: Patch) -> Wrapper:
-    """torch writes a tensor's ``__dict__``; leave out the weakref pyro keeps there.
+def _has_weakref(attributes: Any) -> bool:
+    return type(attributes) is dict and isinstance(attributes.get(_WEAKREF), weakref.ref)
 
-    What torch writes for a tensor without that weakref is untouched: the wrapper
-    hands back the very object the original returned.
+
+def _without_weakref(attributes: dict[str, Any]) -> dict[str, Any]:
+    attributes = attributes.copy()
+    del attributes[_WEAKREF]
+    return attributes
+
+
+def make_parameter_reduce(original: Callable[..., Any], patch: Patch) -> Wrapper:
+    """torch writes a Parameter's ``__dict__``; leave out the weakref pyro keeps there,
+    exactly as if pyro had popped it from the live Parameter.
+
+    For a Parameter without that weakref the wrapper hands back the very tuple the
+    original returned, so what torch writes is untouched.
     """
+    from torch._utils import _rebuild_parameter, _rebuild_parameter_with_state
 
-    def tensor_state(
+    def parameter_reduce(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        state = wrapped(*args, **kwargs)
-        if type(state) is dict and isinstance(state.get(_WEAKREF_ATTRIBUTE), weakref.ref):
-            state = state.copy()
-            del state[_WEAKREF_ATTRIBUTE]
-            # What pyro's pop leaves behind: object.__getstate__ of an empty __dict__.
-            return state or None
-        return state
+        reduced = original(instance, *args, **kwargs)
+        rebuild, arguments = reduced
+        if rebuild is _rebuild_parameter_with_state and _has_weakref(arguments[3]):
+            state = _without_weakref(arguments[3])
+            if not state:
+                return _rebuild_parameter, arguments[:3]
+            return rebuild, (*arguments[:3], state)
+        return reduced
 
-    return tensor_state
+    return parameter_reduce
+
+
+class WeakrefFreeDict(dict):  # type: ignore[type-arg]
+    """A dict of tensors that pickles (and deep-copies) as a plain dict in which
+    tensors carrying pyro's weakref are replaced by twins without it; a shallow
+    copy, and everything else, sees the live tensors themselves."""
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        items = [(key, _weakref_free_twin(value)) for key, value in self.items()]
+        return dict, (), None, None, iter(items)
+
+    def __copy__(self) -> dict[Any, Any]:
+        return dict(self)
+
+
+def _weakref_free_twin(tensor: Any) -> Any:
+    import torch
+
+    attributes = getattr(tensor, "__dict__", None)
+    if type(tensor) is not torch.Tensor or not _has_weakref(attributes):
+        return tensor  # Parameters: see make_parameter_reduce
+    twin = tensor.detach().requires_grad_(tensor.requires_grad)  # same storage
+    twin.__dict__.update(_without_weakref(attributes))  # type: ignore[arg-type]
+    return twin
 
 
 WRAPPERS: dict[str, Callable[[Callable[..., Any], Patch], Wrapper]] = {
     "copy_on_serialize": make_copy_on_serialize,
     "adopt_children": make_adopt_children,
-    "tensor_state": make_tensor_state,
+    "parameter_reduce": make_parameter_reduce,
 }

@@ -49,6 +49,9 @@ def test_param_store_state_leaves_live_parameters_alone(tmp_path):
     assert handle.unconstrained() is handle
     assert set(state["params"]) == {"x", "y"}
     assert state["params"] is not store._params
+    assert copy.copy(state["params"])["x"] is handle  # a shallow copy shares
+    deep = copy.deepcopy(state)["params"]["x"]
+    assert torch.equal(deep, handle) and deep is not handle and "unconstrained" not in deep.__dict__
     pyro.clear_param_store()
     # store.load() itself trips over torch >= 2.6's weights_only default (a pyro issue).
     store.set_state(torch.load(path, weights_only=False))
@@ -56,21 +59,36 @@ def test_param_store_state_leaves_live_parameters_alone(tmp_path):
     assert torch.allclose(pyro.param("y"), positive)
 
 
-def test_what_torch_writes_for_a_tensor_is_what_pyro_writes():
-    handle = pyro.param("x", torch.arange(3.0))
-    assert "unconstrained" in handle.__dict__
+def test_what_is_written_is_what_pyro_writes():
+    import weakref
+
+    import pyro_pickle_fix
+
+    pyro.param("x", torch.arange(3.0))  # a plain tensor keeping a weakref to itself
+    held = torch.nn.Parameter(torch.arange(3.0))  # as PyroModule leaves a real PyroParam
+    held.unconstrained = weakref.ref(held)
+    held.note = "kept"
     ordinary = torch.nn.Parameter(torch.arange(3.0))
     ordinary.note = "kept"
-    patched_bytes = pickle.dumps(handle), pickle.dumps(ordinary)
-    import pyro_pickle_fix
+    patched = pickle.dumps(pyro.get_param_store().get_state())
+    patched_parameters = pickle.dumps(held), pickle.dumps(ordinary)
+    assert "unconstrained" in held.__dict__ and "unconstrained" in pyro.param("x").__dict__
 
     pyro_pickle_fix.unpatch()
     try:
-        popped = handle.detach().requires_grad_()  # stock pyro pops the weakref first
-        stock_bytes = pickle.dumps(popped), pickle.dumps(ordinary)
+        stock = pickle.dumps(pyro.get_param_store().get_state())  # pops from the live tensor
+        del held.unconstrained  # what PyroModule.__getstate__ does
+        stock_parameters = pickle.dumps(held), pickle.dumps(ordinary)
     finally:
         pyro_pickle_fix.patch()
-    assert patched_bytes == stock_bytes
+    assert patched_parameters == stock_parameters  # byte for byte
+    mine, theirs = pickle.loads(patched), pickle.loads(stock)
+    assert type(mine["params"]) is dict
+    assert mine.keys() == theirs.keys() and mine["params"].keys() == theirs["params"].keys()
+    for name, tensor in mine["params"].items():
+        assert torch.equal(tensor, theirs["params"][name])
+        assert tensor.requires_grad == theirs["params"][name].requires_grad
+        assert tensor.__dict__ == theirs["params"][name].__dict__ == {}
 
 
 class TestAutoGuideApi:
