@@ -21,7 +21,8 @@ import random
 import statistics
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -88,9 +89,9 @@ def timed(
     else:
         pyro_pickle_fix.unpatch()
     total = 0.0
+    gc.collect()
     for _ in range(saves):
         prepare()
-        gc.collect()
         gc.disable()  # a collection of prepare()'s garbage is not the save's cost
         start = time.perf_counter()
         save(obj)

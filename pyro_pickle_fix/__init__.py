@@ -1,14 +1,21 @@
 """pyro-pickle-fix: serializing a Pyro object never changes the live object.
 
 Importing this package wraps pyro-ppl's serialization methods (see
-:data:`pyro_pickle_fix.patches.PATCHES`) as soon as pyro imports them, unless the
+:data:`pyro_pickle_fix.patches.PATCHES`) as soon as pyro is imported, unless the
 environment variable ``PYRO_PICKLE_FIX`` is ``0``, ``false``, ``off`` or ``no``.
+
+Import-time activation loads :mod:`pyro_pickle_fix.trigger` alone; the API below
+is loaded on first use, so that start-up activation costs next to nothing in the
+many processes that never import pyro.
 """
 
-from __future__ import annotations
+from . import trigger
 
-from .errors import PyroPickleFixWarning
-from .patching import Status, TargetStatus, activate, is_patched, patch, status, unpatch
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .errors import PyroPickleFixWarning
+    from .patching import Status, TargetStatus, is_patched, patch, status, unpatch
+    from .serialize import DeadReferenceError
 
 __version__ = "0.1.0"
 
@@ -23,18 +30,31 @@ __all__ = [
     "unpatch",
 ]
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from .serialize import DeadReferenceError
-else:
+# public name -> the module that defines it
+_API = {
+    "DeadReferenceError": "serialize",
+    "PyroPickleFixWarning": "errors",
+    "Status": "patching",
+    "TargetStatus": "patching",
+    "is_patched": "patching",
+    "patch": "patching",
+    "status": "patching",
+    "unpatch": "patching",
+}
 
-    def __getattr__(name: str) -> object:
-        # Lazy: the error's module imports pickle, which start-up activation must not pay for.
-        if name == "DeadReferenceError":
-            from .serialize import DeadReferenceError
 
-            return DeadReferenceError
+def __getattr__(name: str) -> object:
+    if name not in _API:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
-activate()
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+trigger.activate()

@@ -1,13 +1,13 @@
-"""Applying and removing the patches of :data:`pyro_pickle_fix.patches.PATCHES`.
+"""Applying and removing the patches of :data:`pyro_pickle_fix.patches.PATCHES`,
+and reporting on them.
 
-Importing this module costs next to nothing: wrapt and the wrappers are loaded
-only when the first target module of pyro has been imported.
+Loaded when pyro is imported (see :mod:`pyro_pickle_fix.trigger`) or when the
+API is used; wrapt and the wrappers are loaded when the first target is wrapped.
 """
 
 from __future__ import annotations
 
 import _thread
-import os
 import sys
 
 from . import trigger
@@ -17,10 +17,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any
-
-ENV_VAR = "PYRO_PICKLE_FIX"
-OFF_VALUES = ("0", "false", "off", "no")
-ON_VALUES = ("1", "true", "on", "yes", "")
 
 _lock = _thread.RLock()
 _armed = False
@@ -58,50 +54,20 @@ def unpatch() -> None:
         _skipped.clear()
 
 
+def _settle() -> None:
+    # Activation defers patch() until pyro is imported; asking about the fix
+    # before then arms it, as it would have been.
+    if not _armed and trigger.activation_requested():
+        patch()
+
+
 def is_patched() -> bool:
     """True while the fix is on: armed, and every imported target is wrapped."""
+    _settle()
     with _lock:
         return _armed and all(
             _is_wrapped(entry) for entry in PATCHES if entry.trigger in sys.modules
         )
-
-
-def activate() -> None:
-    """Import-time activation: :func:`patch` unless ``PYRO_PICKLE_FIX`` turns it off.
-
-    Says so once when pyro-ppl is not installed, except at interpreter start-up
-    (sitecustomize), which must stay silent in environments without pyro.
-    """
-    if not environment_enabled():
-        return
-    patch()
-    if "pyro" in sys.modules or trigger.is_initializing(sys.modules.get("sitecustomize")):
-        return
-    import importlib.util
-
-    if importlib.util.find_spec("pyro") is None:
-        _warn(
-            "pyro-ppl is not installed in this environment, so there is nothing to "
-            "patch yet; the fix applies as soon as pyro is installed and imported. "
-            "Install pyro-ppl, or uninstall pyro-pickle-fix if you do not need it."
-        )
-
-
-def environment_enabled() -> bool:
-    """What ``PYRO_PICKLE_FIX`` asks for; an unexpected value warns and keeps the fix on."""
-    value = os.environ.get(ENV_VAR)
-    if value is None:
-        return True
-    value = value.strip().lower()
-    if value in OFF_VALUES:
-        return False
-    if value not in ON_VALUES:
-        _warn(
-            f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not understood; the fix stays on. "
-            f"Set {ENV_VAR} to one of {', '.join(OFF_VALUES)} to turn it off, or to "
-            f"one of {', '.join(v for v in ON_VALUES if v)} (or unset it) to keep it on."
-        )
-    return True
 
 
 def _applier(entry: Patch) -> trigger.Callback:
@@ -119,7 +85,7 @@ def _apply(entry: Patch) -> None:
             owner, name, original = _resolve(entry)
         except LookupError as missing:
             _skipped[entry.target] = str(missing)
-            _warn(f"skipped {entry.dotted}: {missing}; it is not patched.")
+            trigger.warn(f"skipped {entry.dotted}: {missing}; it is not patched.")
             return
         _warn_if_unknown_pyro()
         import wrapt
@@ -184,20 +150,12 @@ def _warn_if_unknown_pyro() -> None:
         return
     _warned_unknown_pyro = True
     low, high = (".".join(map(str, v)) for v in KNOWN_PYRO)
-    _warn(
+    trigger.warn(
         f"pyro-ppl {version} is outside the releases pyro-pickle-fix was checked "
         f"against ({low} to {high}); its patches are applied wherever their targets "
         "exist. Run `python -m pyro_pickle_fix check` to confirm that saving a guide "
         "is safe here, and report the result if it is not."
     )
-
-
-def _warn(message: str) -> None:
-    import warnings
-
-    from .errors import PyroPickleFixWarning
-
-    warnings.warn(message, PyroPickleFixWarning, stacklevel=3)
 
 
 class TargetStatus:
@@ -254,6 +212,7 @@ class Status:
 def status() -> Status:
     """Per target: its dotted path, whether it is wrapped, and whether the installed
     pyro-ppl has the bug it fixes (``None`` when that pyro-ppl is not one we know)."""
+    _settle()
     version = pyro_version()
     python = sys.version_info[:3]
     rows = []

@@ -1,15 +1,17 @@
-"""Lazy activation: run a callback right after a module has been imported.
+"""Lazy activation: the only module that import-time (and start-up) activation
+loads.  It reads ``PYRO_PICKLE_FIX`` and asks for :func:`pyro_pickle_fix.patch`
+to run once ``pyro`` has been imported.
 
-Like wrapt's post-import hooks, but written against the standard library alone,
-because it is installed at interpreter start-up and importing wrapt costs more
-than a bare ``python -c pass``.  A finder at the front of ``sys.meta_path``
-answers only for the watched module names; it lets the other finders find the
-module and wraps the loader so that the callbacks run after the module body.
+The post-import hook is like wrapt's, but written against the standard library
+alone: importing wrapt costs more than a bare ``python -c pass``.  A finder at
+the front of ``sys.meta_path`` answers only for the watched module names; it
+lets the other finders find the module and wraps the loader so that the
+callbacks run after the module body.  (No ``from __future__ import annotations``
+here: it imports a module too; annotations naming typing-only names are quoted.)
 """
 
-from __future__ import annotations
-
 import _thread  # not threading: that costs milliseconds at start-up
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -21,11 +23,77 @@ if TYPE_CHECKING:
 
     Callback = Callable[[ModuleType], None]
 
+ENV_VAR = "PYRO_PICKLE_FIX"
+OFF_VALUES = ("0", "false", "off", "no")
+ON_VALUES = ("1", "true", "on", "yes", "")
+
 _lock = _thread.RLock()
-_callbacks: dict[str, list[Callback]] = {}
+_callbacks: "dict[str, list[Callback]]" = {}
+_activation_requested = False
 
 
-def when_imported(name: str, callback: Callback) -> None:
+def environment_enabled() -> bool:
+    """What ``PYRO_PICKLE_FIX`` asks for; an unexpected value warns and keeps the fix on."""
+    value = os.environ.get(ENV_VAR)
+    if value is None:
+        return True
+    value = value.strip().lower()
+    if value in OFF_VALUES:
+        return False
+    if value not in ON_VALUES:
+        warn(
+            f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not understood; the fix stays on. "
+            f"Set {ENV_VAR} to one of {', '.join(OFF_VALUES)} to turn it off, or to "
+            f"one of {', '.join(v for v in ON_VALUES if v)} (or unset it) to keep it on."
+        )
+    return True
+
+
+def activate() -> None:
+    """Import-time activation: :func:`pyro_pickle_fix.patch` once pyro is imported
+    (or now, if it is), unless ``PYRO_PICKLE_FIX`` turns it off.
+
+    Says so once when pyro-ppl is not installed, except at interpreter start-up
+    (sitecustomize), which must stay silent in environments without pyro.
+    """
+    global _activation_requested
+    if not environment_enabled():
+        return
+    _activation_requested = True
+    when_imported("pyro", _patch)
+    if "pyro" in sys.modules or is_initializing(sys.modules.get("sitecustomize")):
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("pyro") is None:
+        warn(
+            "pyro-ppl is not installed in this environment, so there is nothing to "
+            "patch yet; the fix applies as soon as pyro is installed and imported. "
+            "Install pyro-ppl, or uninstall pyro-pickle-fix if you do not need it."
+        )
+
+
+def activation_requested() -> bool:
+    """Whether activation asked for the fix and :func:`forget_all` has not undone it."""
+    return _activation_requested
+
+
+def _patch(module: "ModuleType") -> None:
+    from .patching import patch
+
+    patch()
+
+
+def warn(message: str) -> None:
+    """One :class:`~pyro_pickle_fix.PyroPickleFixWarning`."""
+    import warnings
+
+    from .errors import PyroPickleFixWarning
+
+    warnings.warn(message, PyroPickleFixWarning, stacklevel=3)
+
+
+def when_imported(name: str, callback: "Callback") -> None:
     """Call ``callback(module)`` once ``name`` is imported; now, if it already is.
 
     A callback that raises is reported as a warning: the import itself never fails
@@ -41,9 +109,12 @@ def when_imported(name: str, callback: Callback) -> None:
 
 
 def forget_all() -> None:
-    """Drop every pending callback (modules imported later are left alone)."""
+    """Drop every pending callback and the activation request (modules imported
+    later are left alone)."""
+    global _activation_requested
     with _lock:
         _callbacks.clear()
+        _activation_requested = False
 
 
 def pending() -> list[str]:
@@ -52,30 +123,24 @@ def pending() -> list[str]:
         return sorted(_callbacks)
 
 
-def is_initializing(module: ModuleType | None) -> bool:
+def is_initializing(module: "ModuleType | None") -> bool:
     """Whether ``module`` is still running its body (its import has not finished)."""
     spec = getattr(module, "__spec__", None)
     return bool(getattr(spec, "_initializing", False))
 
 
-def _run(callback: Callback, module: ModuleType) -> None:
+def _run(callback: "Callback", module: "ModuleType") -> None:
     try:
         callback(module)
     except Exception as error:  # never let our hook break the user's import
-        import warnings
-
-        from .errors import PyroPickleFixWarning
-
-        warnings.warn(
+        warn(
             f"pyro-pickle-fix could not patch {module.__name__} ({error!r}); "
             "serialization of Pyro objects is left as stock pyro-ppl has it. "
-            "Run `python -m pyro_pickle_fix status` for details.",
-            PyroPickleFixWarning,
-            stacklevel=2,
+            "Run `python -m pyro_pickle_fix status` for details."
         )
 
 
-def _fire(name: str, module: ModuleType) -> None:
+def _fire(name: str, module: "ModuleType") -> None:
     with _lock:
         callbacks = _callbacks.pop(name, [])
     for callback in callbacks:
@@ -85,14 +150,14 @@ def _fire(name: str, module: ModuleType) -> None:
 class _ChainedLoader:
     """Delegates to the real loader; runs the callbacks after the module body."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: "Any") -> None:
         self.loader = loader
 
-    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+    def create_module(self, spec: "ModuleSpec") -> "ModuleType | None":
         create = getattr(self.loader, "create_module", None)
         return create(spec) if create is not None else None
 
-    def exec_module(self, module: ModuleType) -> None:
+    def exec_module(self, module: "ModuleType") -> None:
         # Put the real loader back first so that nobody sees this one afterwards.
         module.__loader__ = self.loader
         if module.__spec__ is not None:
@@ -100,7 +165,7 @@ class _ChainedLoader:
         self.loader.exec_module(module)
         _fire(module.__name__, sys.modules.get(module.__name__, module))
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> "Any":
         return getattr(self.loader, name)
 
 
@@ -108,8 +173,8 @@ class _PostImportFinder:
     """A meta-path finder that answers only for module names with callbacks."""
 
     def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> ModuleSpec | None:
+        self, fullname: str, path: "Sequence[str] | None", target: "ModuleType | None" = None
+    ) -> "ModuleSpec | None":
         if fullname not in _callbacks:
             return None
         for finder in sys.meta_path:

@@ -3,7 +3,8 @@ steps so that it has parameters, a prototype trace and pyro's weakrefs."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyro
 import pyro.distributions as dist

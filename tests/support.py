@@ -10,7 +10,8 @@ import os
 import pickle
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 import pyro
@@ -124,7 +125,7 @@ def assert_same_tensors(a: Any, b: Any) -> None:
             assert_same_tensors(a[key], b[key])
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert_same_tensors(x, y)
     elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b), (a, b)

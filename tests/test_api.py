@@ -139,7 +139,7 @@ def test_a_missing_target_is_skipped_with_one_warning():
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
         "    import pyro_pickle_fix\n"
-        "rows = {r.target: r.note for r in pyro_pickle_fix.status().targets}\n"
+        "    rows = {r.target: r.note for r in pyro_pickle_fix.status().targets}\n"
         "print(json.dumps({'warnings': [(w.category.__name__, str(w.message))"
         " for w in caught], 'note': rows['pyro.contrib.easyguide.easyguide.Group.__getstate__']}))"
     )

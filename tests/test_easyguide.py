@@ -62,7 +62,7 @@ def test_live_dicts_and_values_keep_their_identity(path):
     for _ in range(2):
         ROUNDTRIPS[path](guide)
         assert snapshot(guide) == before
-    for group, ref in zip(groups, group_refs):
+    for group, ref in zip(groups, group_refs, strict=True):
         assert group.__dict__["_guide"] is ref
         assert group.guide is guide  # still a weakref to the guide, not the guide
 
@@ -97,7 +97,7 @@ def test_loaded_guide_is_what_pyro_writes():
     for name, group in loaded.groups.items():
         assert group.guide is loaded  # pyro's __setstate__ re-weakrefs to the new guide
         assert group.__dict__.keys() == guide.groups[name].__dict__.keys()
-    for (name, a), (_, b) in zip(guide.named_parameters(), loaded.named_parameters()):
+    for (name, a), (_, b) in zip(guide.named_parameters(), loaded.named_parameters(), strict=True):
         assert torch.equal(a, b), name
         assert "unconstrained" not in b.__dict__  # as after pyro's own pop
     assert pyro.get_param_store().keys()  # trained guide still registered

@@ -135,7 +135,9 @@ class TestAutoGuideApi:
         before = snapshot(guide)
         copied = copy.deepcopy(guide)
         assert snapshot(guide) == before
-        for (name, a), (_, b) in zip(guide.named_parameters(), copied.named_parameters()):
+        for (name, a), (_, b) in zip(
+            guide.named_parameters(), copied.named_parameters(), strict=True
+        ):
             assert torch.equal(a, b) and a is not b, name
 
 
