@@ -31,7 +31,7 @@ class DeadReferenceError(pickle.PicklingError):
 # Containers in an instance __dict__ that get their own copy in the private copy:
 # nn.Module's registries and pyro's bookkeeping dicts, which the original methods
 # and concurrent training threads change in place.
-_OWNED_CONTAINERS = (dict, OrderedDict, set, list)
+_OWNED_CONTAINERS = frozenset({dict, OrderedDict, set, list})
 
 # ids of private copies this thread is serializing; a wrapped method of a base
 # class reached through super() works on the same copy instead of copying again.
