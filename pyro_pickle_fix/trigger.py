@@ -117,12 +117,6 @@ def forget_all() -> None:
         _activation_requested = False
 
 
-def pending() -> list[str]:
-    """Module names that still have callbacks waiting for their import."""
-    with _lock:
-        return sorted(_callbacks)
-
-
 def is_initializing(module: "ModuleType | None") -> bool:
     """Whether ``module`` is still running its body (its import has not finished)."""
     spec = getattr(module, "__spec__", None)
