@@ -82,14 +82,19 @@ SAVES: dict[str, Callable[[Any], object]] = {
 }
 
 
+def use_fix(on: bool) -> None:
+    """Switch the fix on or off in this process."""
+    if on:
+        pyro_pickle_fix.patch()
+    else:
+        pyro_pickle_fix.unpatch()
+
+
 def timed(
     save: Callable[[Any], object], obj: Any, prepare: Callable[[], None], patched: bool, saves: int
 ) -> float:
     """Seconds spent in ``saves`` saves (``prepare`` before each is not timed)."""
-    if patched:
-        pyro_pickle_fix.patch()
-    else:
-        pyro_pickle_fix.unpatch()
+    use_fix(patched)
     total = 0.0
     gc.collect()
     for _ in range(saves):
@@ -129,10 +134,7 @@ def getstate_cost(obj: Any, repeats: int = 2000) -> tuple[float, float]:
     """Microseconds per ``obj.__getstate__()`` call: wrapped, and pyro's own."""
     costs = {}
     for patched in (True, False):
-        if patched:
-            pyro_pickle_fix.patch()
-        else:
-            pyro_pickle_fix.unpatch()
+        use_fix(patched)
         samples = []
         for _ in range(5):
             start = time.perf_counter()
