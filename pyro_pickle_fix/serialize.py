@@ -102,14 +102,15 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
             if not nested:
                 in_flight.discard(id(target))
             attributes.update(hidden)
-        if hidden and isinstance(state, dict):
-            for name, value in hidden.items():
-                if hide[name] in state:
-                    state[hide[name]] = value  # the private copy's, never the live one
-        if leaf_tensors and isinstance(state, dict):
+        if not isinstance(state, dict):
+            return state
+        for name, value in hidden.items():
+            if hide[name] in state:
+                state[hide[name]] = value  # the private copy's, never the live one
+        if leaf_tensors:
             _make_leaves(state)
         for key in weakref_free:
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
+            if isinstance(state.get(key), dict):
                 state[key] = WeakrefFreeDict(state[key])
         return state
 
