@@ -13,6 +13,8 @@ from . import trigger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .auditing import AuditReport, audit
+    from .dask_plugin import DaskWorkerPlugin
     from .errors import PyroPickleFixWarning
     from .patching import Status, TargetStatus, is_patched, patch, status, unpatch
     from .serialize import DeadReferenceError
@@ -20,10 +22,13 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditReport",
+    "DaskWorkerPlugin",
     "DeadReferenceError",
     "PyroPickleFixWarning",
     "Status",
     "TargetStatus",
+    "audit",
     "is_patched",
     "patch",
     "status",
@@ -32,6 +37,9 @@ __all__ = [
 
 # public name -> the module that defines it
 _API = {
+    "AuditReport": "auditing",
+    "audit": "auditing",
+    "DaskWorkerPlugin": "dask_plugin",
     "DeadReferenceError": "serialize",
     "PyroPickleFixWarning": "errors",
     "Status": "patching",

@@ -33,6 +33,28 @@ def _parser() -> argparse.ArgumentParser:
         "fix leaves this environment safe.",
     )
     check.add_argument("--json", action="store_true", help="print both outcomes as JSON")
+    from .auditing import PATHS
+
+    audit = commands.add_parser(
+        "audit",
+        help="serialize your own object along every path, without and with the fix",
+        description="Call MODULE:CALLABLE (a zero-argument factory returning the object "
+        "to audit, or a tuple (object, call) where call(obj) exercises it) once per "
+        "serialization path, in two fresh interpreters: without and with the fix. For "
+        "each path: did it save, did the live object change (and where), do the live "
+        "object and the copy still work. Exit 0 when, with the fix, every path leaves "
+        "the object unchanged and working; 1 when not; 2 when the object cannot be had.",
+    )
+    audit.add_argument("factory", metavar="MODULE:CALLABLE")
+    audit.add_argument(
+        "--paths",
+        nargs="+",
+        choices=list(PATHS),
+        default=[],
+        metavar="PATH",
+        help=f"only these paths (default: all of {', '.join(PATHS)})",
+    )
+    audit.add_argument("--json", action="store_true", help="print both reports as JSON")
     commands.add_parser(
         "status",
         help="show what is patched here and whether start-up activation is installed",
@@ -65,7 +87,7 @@ def _import_targets() -> None:
 
     from .patches import PATCHES
 
-    for name in dict.fromkeys(entry.trigger for entry in PATCHES):
+    for name in dict.fromkeys(entry.trigger for entry in PATCHES if not entry.engine):
         with contextlib.suppress(ImportError):  # status says so for each target
             importlib.import_module(name)
 
@@ -77,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .check import main as check
 
         return check(as_json=args.json)
+    if args.command == "audit":
+        from .check import audit_main
+
+        return audit_main(args.factory, args.paths, args.json)
 
     from . import installer
 

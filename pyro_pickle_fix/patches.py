@@ -51,7 +51,9 @@ class Patch:
 
     ``target`` is ``"module:Owner.attribute"`` (or ``"module:function"``); it is
     wrapped once ``trigger`` (default: the target's module) has been imported.
-    ``kind`` names the wrapper in :mod:`pyro_pickle_fix.serialize`.
+    ``kind`` names the wrapper in :mod:`pyro_pickle_fix.serialize`, or is
+    ``"dask_pickle"``: a registration in an engine's serializer registry
+    (:mod:`pyro_pickle_fix.engines`) instead of a wrapper.
     """
 
     __slots__ = (
@@ -101,6 +103,11 @@ class Patch:
     @property
     def path(self) -> tuple[str, ...]:
         return tuple(self.target.partition(":")[2].split("."))
+
+    @property
+    def engine(self) -> bool:
+        """Whether the target belongs to an engine (Dask), not to pyro or torch."""
+        return self.module.split(".")[0] not in ("pyro", "torch")
 
     @property
     def dotted(self) -> str:
@@ -229,6 +236,20 @@ PATCHES: tuple[Patch, ...] = (
         ),
         kind="parameter_reduce",
         trigger="pyro.params.param_store",
+    ),
+    Patch(
+        "distributed.protocol.serialize:dask_serialize",
+        (
+            # distributed.protocol.torch registers a generic serializer for every
+            # torch.nn.Module that walks __dict__ past __getstate__; registering
+            # PyroModule as "use pickle" routes guides through the wrappers above.
+            Bug(
+                "Dask serializes a guide by walking its __dict__, past __getstate__: "
+                "errors are logged for pyro's weakrefs, and an AutoGuideList fails "
+                "with 'Could not serialize object of type ReferenceType'"
+            ),
+        ),
+        kind="dask_pickle",
     ),
 )
 

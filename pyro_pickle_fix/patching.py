@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 _lock = _thread.RLock()
 _armed = False
-# target -> (owner, attribute, original, wrapper)
-_applied: dict[str, tuple[Any, str, Any, Any]] = {}
+# target -> what was done to it (a _Wrapped, or an engines.DaskRegistration)
+_applied: dict[str, Any] = {}
 # target -> why it was left alone
 _skipped: dict[str, str] = {}
 _warned_unknown_pyro = False
@@ -47,9 +47,8 @@ def unpatch() -> None:
     with _lock:
         _armed = False
         trigger.forget_all()
-        for owner, name, original, wrapper in _applied.values():
-            if vars(owner).get(name) is wrapper:
-                setattr(owner, name, original)
+        for applied in _applied.values():
+            applied.remove()
         _applied.clear()
         _skipped.clear()
 
@@ -88,6 +87,19 @@ def _apply(entry: Patch) -> None:
             trigger.warn(f"skipped {entry.dotted}: {missing}; it is not patched.")
             return
         _warn_if_unknown_pyro()
+        if entry.kind == "dask_pickle":
+            from .engines import DaskRegistration
+
+            _applied[entry.target] = DaskRegistration(original)
+        else:
+            _applied[entry.target] = _Wrapped(entry, owner, name, original)
+        _skipped.pop(entry.target, None)
+
+
+class _Wrapped:
+    """A target wrapped in place with a wrapt ``FunctionWrapper``."""
+
+    def __init__(self, entry: Patch, owner: Any, name: str, original: Any) -> None:
         import wrapt
 
         from .serialize import WRAPPERS
@@ -98,10 +110,16 @@ def _apply(entry: Patch) -> None:
         else:
             wrapper = wrapt.FunctionWrapper(original, WRAPPERS[entry.kind](original, entry))
             # wrapt keeps _self_* attributes on the wrapper, not on the wrapped function.
-            wrapper._self_pyro_pickle_fix = entry.target  # type: ignore[attr-defined]
+            wrapper._self_pyro_pickle_fix = entry.target
             setattr(owner, name, wrapper)
-        _applied[entry.target] = (owner, name, original, wrapper)
-        _skipped.pop(entry.target, None)
+        self.owner, self.name, self.original, self.wrapper = owner, name, original, wrapper
+
+    def active(self) -> bool:
+        return vars(self.owner).get(self.name) is self.wrapper
+
+    def remove(self) -> None:
+        if self.active():
+            setattr(self.owner, self.name, self.original)
 
 
 def _resolve(entry: Patch) -> tuple[Any, str, Any]:
@@ -127,8 +145,8 @@ def _resolve(entry: Patch) -> tuple[Any, str, Any]:
 
 
 def _is_wrapped(entry: Patch) -> bool:
-    record = _applied.get(entry.target)
-    return record is not None and vars(record[0]).get(record[1]) is record[3]
+    applied = _applied.get(entry.target)
+    return applied is not None and bool(applied.active())
 
 
 def pyro_version() -> str | None:

@@ -3,19 +3,18 @@ graph, same-seed runs, and interpreters with or without the fix."""
 
 from __future__ import annotations
 
-import copy
-import io
 import json
 import os
-import pickle
 import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
 import pyro
 import torch
+
+from pyro_pickle_fix.auditing import PARAM_STORE, PATHS
+from pyro_pickle_fix.snapshot import snapshot  # noqa: F401  (the one snapshot, shipped)
 
 PYRO = tuple(int(part) for part in pyro.__version__.split("+")[0].split(".")[:3])
 PY311 = sys.version_info >= (3, 11)
@@ -27,66 +26,13 @@ AUTOGUIDE_BUG = True  # every release from 1.8.6 to 1.9.2
 GUIDE_MESSENGER_BUG = PY311 and PYRO <= (1, 8, 6)
 
 
-def _torch_roundtrip(obj: Any) -> Any:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
-
-
+#: The audit's serialization paths, but the param store's (it saves no object).
 ROUNDTRIPS: dict[str, Callable[[Any], Any]] = {
-    **{
-        f"pickle{protocol}": (lambda obj, p=protocol: pickle.loads(pickle.dumps(obj, p)))
-        for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1)
-    },
-    "torch.save": _torch_roundtrip,
-    "deepcopy": copy.deepcopy,
-    "copy": copy.copy,
-    "cloudpickle": lambda obj: cloudpickle.loads(cloudpickle.dumps(obj)),
+    name: roundtrip for name, roundtrip in PATHS.items() if name != PARAM_STORE
 }
 
 #: Paths whose result is a new, independent object (copy.copy shares children).
 DEEP_PATHS = [name for name in ROUNDTRIPS if name != "copy"]
-
-
-def _objects(root: Any) -> list[Any]:
-    """The Pyro objects reachable from ``root`` that serialization could touch."""
-    seen: dict[int, Any] = {}
-
-    def visit(obj: Any) -> None:
-        if id(obj) in seen or not hasattr(obj, "__dict__"):
-            return
-        seen[id(obj)] = obj
-        if isinstance(obj, torch.nn.Module):
-            for module in obj.modules():
-                visit(module)
-            for tensor in [*obj.parameters(), *obj.buffers()]:
-                seen.setdefault(id(tensor), tensor)
-        for group in getattr(obj, "__dict__", {}).get("groups", {}).values():
-            visit(group)
-        for name in ("_params",):  # the param store
-            for tensor in obj.__dict__.get(name, {}).values():
-                seen.setdefault(id(tensor), tensor)
-
-    visit(root)
-    return list(seen.values())
-
-
-def snapshot(root: Any) -> list[tuple[int, int, dict[str, int], dict[str, list[int]]]]:
-    """Identity of every reachable ``__dict__``, of its values, and of the items of
-    its containers (nn.Module registries and the like)."""
-    rows = []
-    for obj in _objects(root):
-        attributes = obj.__dict__
-        containers = {
-            name: [id(item) for item in (value.values() if isinstance(value, dict) else value)]
-            for name, value in attributes.items()
-            if isinstance(value, (dict, list, set))
-        }
-        rows.append(
-            (id(obj), id(attributes), {k: id(v) for k, v in attributes.items()}, containers)
-        )
-    return rows
 
 
 def run_python(

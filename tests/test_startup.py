@@ -15,8 +15,23 @@ from scratch_env import ROOT, build_wheel, link_dependencies, make_env
 from support import GROUP_BUG
 
 SCENARIO = ROOT / "pyro_pickle_fix" / "scenario.py"
-# Runs the reproduction from its file: this script never imports pyro_pickle_fix.
-REPRODUCE = f"import runpy; runpy.run_path({str(SCENARIO)!r}, run_name='__main__')"
+# The reproduction, run from its file by a script that never imports pyro_pickle_fix.
+REPRODUCE = f"""
+import io, json, runpy, sys, torch
+scenario = runpy.run_path({str(SCENARIO)!r})
+guide, train_more = scenario["trained_guide"]()
+held = [p for p in guide.parameters() if "unconstrained" in p.__dict__]
+torch.save(guide, io.BytesIO())
+unchanged = bool(held) and all("unconstrained" in p.__dict__ for p in held)
+try:
+    train_more(guide)
+    error = None
+except Exception as e:
+    error = type(e).__name__ + ": " + str(e)
+fix = sys.modules.get("pyro_pickle_fix")
+print(json.dumps({{"fix_active": bool(fix and fix.is_patched()),
+                  "original": {{"ok": error is None, "error": error, "unchanged": unchanged}}}}))
+"""
 
 pytestmark = pytest.mark.slow
 
