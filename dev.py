@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Set-up and the two everyday commands, from a fresh clone with only python3:
+"""Set-up and the everyday commands, from a fresh clone with only python3:
 
-    python3 dev.py check   # the main job: does saving a guide corrupt it here?
-    python3 dev.py test    # linters + the test matrix + the compatibility table
+    python3 dev.py check    # the main job: does saving a guide corrupt it here?
+    python3 dev.py test     # linters + the test suite in .venv (a few minutes)
+    python3 dev.py matrix   # the release check, every Python x pyro-ppl x wrapt,
+                            # the engines (Ray, Dask), and the compatibility table
 
-Both create (or reuse) ``.venv`` and install everything into it.  torch is pinned
-to 2.13.0: on this project's machines an unpinned torch pulls a multi-GB CUDA build.
+Each creates (or reuses) ``.venv`` and installs what it needs into it.  torch is
+pinned to 2.13.0: on this project's machines an unpinned torch pulls a multi-GB
+CUDA build.  Arguments after the command go to pytest (``test``) or nox (``matrix``).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import subprocess
@@ -38,21 +42,53 @@ def ensure_venv() -> None:
     stamp.write_text(wanted)
 
 
-def run(*command: str) -> int:
-    return subprocess.run(command, cwd=ROOT, check=False).returncode
+def run(*command: str, env: dict[str, str] | None = None) -> int:
+    print("dev.py: " + " ".join(command), flush=True)
+    return subprocess.run(command, cwd=ROOT, check=False, env=env).returncode
+
+
+def interpreters_on_path() -> dict[str, str]:
+    """The environment for nox, with pyenv's Pythons on PATH (nox looks for
+    ``python3.X`` there; pyenv's shims answer only for the selected version)."""
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin")))
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([*found, env.get("PATH", "")])
+    return env
+
+
+def test(args: list[str]) -> int:
+    linters = [
+        (str(VENV / "bin" / "ruff"), "check", "."),
+        (str(VENV / "bin" / "ruff"), "format", "--check", "."),
+        (str(VENV / "bin" / "mypy"),),
+    ]
+    failed = [" ".join([Path(c[0]).name, *c[1:]]) for c in linters if run(*c)]
+    suite = run(str(PYTHON), "-m", "pytest", "-n", "2", *args)
+    if failed:
+        print(f"dev.py: linters failed: {failed}", file=sys.stderr)
+    return suite or int(bool(failed))
+
+
+def matrix(args: list[str]) -> int:
+    nox = str(VENV / "bin" / "nox")
+    env = interpreters_on_path()
+    sessions = ["release", "startup", "tests", "engines"]
+    code = run(nox, "--sessions", *sessions, *args, env=env)
+    table = run(str(PYTHON), "tools/compat_table.py", ".nox/results", "README.md")
+    return code or table
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("check", "test"):
+    commands = {"test": test, "matrix": matrix}
+    if not argv or argv[0] not in ("check", *commands):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     ensure_venv()
+    os.environ.pop("PYRO_PICKLE_FIX", None)  # the suite decides per test
     if argv[0] == "check":
         return run(str(PYTHON), "-m", "pyro_pickle_fix", "check", *argv[1:])
-    os.environ.pop("PYRO_PICKLE_FIX", None)  # the suite decides per test
-    matrix = run(str(VENV / "bin" / "nox"), *argv[1:])
-    table = run(str(PYTHON), "tools/compat_table.py", ".nox/results", "README.md")
-    return matrix or table
+    return commands[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
-"""The linters and the test matrix (``python3 dev.py test`` runs them).
+"""The linters and the test matrix.
 
-Every session installs torch==2.13.0 first: on this project's machines an
-unpinned torch resolves to a CUDA build of several GB.
+``python3 dev.py matrix`` runs them all, in order: ``release`` (builds the sdist
+and the wheel that every other session installs), ``startup`` on every Python,
+``tests`` on every cell, and ``engines``.  (``python3 dev.py test`` runs the
+linters and the suite in ``.venv``, without nox.)
+
+torch is always pinned to 2.13.0 (an unpinned torch is a multi-GB CUDA build of
+whatever is newest) and installed once per Python into ``.nox/torch-pyX.Y``;
+each cell sees it through a ``.pth`` file instead of installing its own.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -13,35 +20,129 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["release", "startup", "tests", "engines"]
 
 TORCH = "torch==2.13.0"
-PYRO = ["1.8.6", "1.9.0", "1.9.1", "1.9.2"]
 WRAPT = {"1.17": "wrapt>=1.17,<1.18", "2": "wrapt>=2,<3"}
+#: Every Python we support; pyproject's requires-python and classifiers must agree.
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: (Python, pyro-ppl, wrapt).  The first cell of each Python also runs the tests
+#: marked slow (start-up in real venvs, subprocess checks that do not depend on
+#: the pyro-ppl release), so each runs once per Python.
+CELLS = [
+    ("3.11", "1.9.1", "2"),
+    ("3.11", "1.8.6", "2"),
+    ("3.11", "1.9.0", "2"),
+    ("3.11", "1.9.2", "2"),
+    ("3.11", "1.8.6", "1.17"),
+    ("3.10", "1.9.1", "2"),
+    ("3.10", "1.9.2", "2"),
+    ("3.10", "1.9.1", "1.17"),
+    ("3.12", "1.9.1", "2"),
+    ("3.12", "1.9.2", "2"),
+    ("3.13", "1.9.1", "2"),
+    ("3.13", "1.9.2", "2"),
+]
+ENGINES_PYRO = ["1.9.1", "1.9.2"]
+ENGINES = ["ray==2.60.0", "dask[distributed]==2026.8.0"]
 RESULTS = os.path.join(".nox", "results")
+DIST = os.path.join(".nox", "dist")
+
+
+def _cell_id(python: str, pyro: str, wrapt: str) -> str:
+    return f"py{python}-pyro{pyro}-wrapt{wrapt}"
+
+
+def _site_packages(session: nox.Session, python: str = "python") -> str:
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    return str(session.run(python, "-c", code, silent=True)).strip().splitlines()[-1]
+
+
+def share_torch(session: nox.Session) -> None:
+    """Give the session's venv torch==2.13.0 from a per-Python environment, made
+    once (a CUDA build of ~4.8 GB on Pythons without a local CPU wheel)."""
+    base = os.path.abspath(os.path.join(".nox", f"torch-py{session.python}"))
+    base_python = os.path.join(base, "bin", "python")
+    done = os.path.join(base, ".torch-installed")
+    if not os.path.exists(done):
+        session.run("python", "-m", "venv", "--clear", base)  # the session's Python
+        session.run(base_python, "-m", "pip", "install", "-q", TORCH, external=True)
+        open(done, "w").close()
+    site = _site_packages(session, base_python)
+    with open(os.path.join(_site_packages(session), "_torch_2_13.pth"), "w") as file:
+        file.write(site + "\n")
+
+
+def wheel() -> str:
+    """The wheel ``release`` built."""
+    found = sorted(glob.glob(os.path.join(DIST, "pyro_pickle_fix-*.whl")))
+    if not found:
+        raise RuntimeError(f"no wheel in {DIST}: run the release session first")
+    return os.path.abspath(found[-1])
+
+
+@nox.session(python="3.11")
+def release(session: nox.Session) -> None:
+    """Build the sdist and the wheel, check them, install the wheel into a clean
+    venv and run ``check`` from it (the cells then test that same wheel)."""
+    session.install("build", "twine")
+    for old in glob.glob(os.path.join(DIST, "*")):
+        os.remove(old)
+    session.run("python", "-m", "build", "--outdir", DIST, ".")
+    session.run("twine", "check", "--strict", *glob.glob(os.path.join(DIST, "*")))
+    session.run("python", "tools/check_dist.py", DIST)
+    session.install(TORCH, "pyro-ppl==1.9.2", wheel())
+    session.run("pyro-pickle-fix", "check")
+    session.run("python", "-m", "pyro_pickle_fix", "check")
 
 
 @nox.session
-def lint(session: nox.Session) -> None:
-    """ruff check, ruff format --check, mypy --strict on the package."""
-    session.install(TORCH, "-e", ".[lint]")
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
-    session.run("mypy")
+@nox.parametrize("python", PYTHONS)
+def startup(session: nox.Session) -> None:
+    """The parts that need no torch (trigger, installer, start-up activation),
+    with a stand-in pyro package, on every Python."""
+    session.install(wheel(), WRAPT["2"], "pytest>=7", "--no-deps")
+    session.run("pytest", "-p", "no:cacheprovider", "tests/test_stdlib.py", *session.posargs)
 
 
 @nox.session
-@nox.parametrize("wrapt", list(WRAPT))
-@nox.parametrize("pyro", PYRO)
+@nox.parametrize("python,pyro,wrapt", CELLS, ids=[_cell_id(*cell) for cell in CELLS])
 def tests(session: nox.Session, pyro: str, wrapt: str) -> None:
-    """The suite against one pyro-ppl x wrapt, installed non-editable; then the
-    reproduction without and with the fix, recorded for the compatibility table."""
-    session.install(TORCH, f"pyro-ppl=={pyro}", WRAPT[wrapt], ".[test]")
+    """The suite against one Python x pyro-ppl x wrapt, with the wheel installed;
+    then ``check --json`` for the compatibility table."""
+    share_torch(session)
+    session.install(f"pyro-ppl=={pyro}", WRAPT[wrapt], f"{wheel()}[test]")
+    cell = _cell_id(str(session.python), pyro, wrapt)
+    first = next(c for c in CELLS if c[0] == session.python) == (session.python, pyro, wrapt)
     os.makedirs(RESULTS, exist_ok=True)
-    cell = os.path.join(RESULTS, f"pyro-{pyro}-wrapt-{wrapt}")
-    session.run("pytest", f"--junitxml={cell}.xml", *session.posargs)
+    result = os.path.join(RESULTS, cell)
+    marker = [] if first else ["-m", "not slow"]
+    session.run(
+        "pytest",
+        "-n",
+        "2",
+        *marker,
+        f"--junitxml={result}.xml",
+        *session.posargs,
+        env={"PYRO_PICKLE_FIX_TEST_INSTALLED": "1"},
+    )
     outcome = session.run(
         "python", "-m", "pyro_pickle_fix", "check", "--json", silent=True, success_codes=[0, 1]
     )
-    with open(f"{cell}.json", "w") as file:
+    with open(f"{result}.json", "w") as file:
         json.dump(json.loads(str(outcome).strip().splitlines()[-1]), file)
+
+
+@nox.session(python="3.11")
+@nox.parametrize("pyro", ENGINES_PYRO)
+def engines(session: nox.Session, pyro: str) -> None:
+    """Real Ray and Dask clusters and multiprocessing pools shipping guides."""
+    session.install(TORCH, f"pyro-ppl=={pyro}", WRAPT["2"], f"{wheel()}[test]", *ENGINES)
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_engines.py",
+        *session.posargs,
+        env={"PYRO_PICKLE_FIX_TEST_ENGINES": "1"},
+    )

@@ -167,14 +167,19 @@ class AuditReport:
     def __str__(self) -> str:
         return "\n".join(
             [
-                f"pyro-pickle-fix audit of {self.target} (fix {'on' if self.fix_active else 'off'})",
+                f"pyro-pickle-fix audit of {self.target} "
+                f"(fix {'on' if self.fix_active else 'off'})",
                 "  " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
                 *(f"  note: {note}" for note in self.notes),
                 "",
                 *table(self.rows, "  "),
                 "",
-                "  " + ("every path left the live object unchanged and working" if self.clean
-                        else "NOT SAFE: a path changed the live object or broke it"),
+                "  "
+                + (
+                    "every path left the live object unchanged and working"
+                    if self.clean
+                    else "NOT SAFE: a path changed the live object or broke it"
+                ),
             ]
         )
 
@@ -264,9 +269,7 @@ def audit(
     names = list(PATHS) if paths is None else list(paths)
     unknown = [name for name in names if name not in PATHS]
     if unknown:
-        raise AuditInputError(
-            f"unknown path {', '.join(unknown)}; choose from {', '.join(PATHS)}"
-        )
+        raise AuditInputError(f"unknown path {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     notes: list[str] = []
     rows = []
     for name in names:
@@ -296,7 +299,7 @@ def audit(
                 row.copy_error = _attempt(lambda: use(result))  # noqa: B023
     fix = sys.modules.get("pyro_pickle_fix")
     active = bool(fix is not None and fix.is_patched())
-    label = target or getattr(factory, "__qualname__", repr(factory))
+    label = target or str(getattr(factory, "__qualname__", None) or repr(factory))
     return AuditReport(label, rows, active, notes)
 
 

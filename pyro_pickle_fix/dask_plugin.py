@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-class DaskWorkerPlugin(WorkerPlugin):  # type: ignore[misc]
+class DaskWorkerPlugin(WorkerPlugin):
     """Patches each worker it is installed on, now and when workers join later."""
 
     name = "pyro-pickle-fix"

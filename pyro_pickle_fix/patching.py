@@ -110,7 +110,7 @@ class _Wrapped:
         else:
             wrapper = wrapt.FunctionWrapper(original, WRAPPERS[entry.kind](original, entry))
             # wrapt keeps _self_* attributes on the wrapper, not on the wrapped function.
-            wrapper._self_pyro_pickle_fix = entry.target
+            wrapper._self_pyro_pickle_fix = entry.target  # type: ignore[attr-defined]
             setattr(owner, name, wrapper)
         self.owner, self.name, self.original, self.wrapper = owner, name, original, wrapper
 

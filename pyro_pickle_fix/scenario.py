@@ -87,8 +87,15 @@ def reproduce(seed: int = 0) -> dict[str, Any]:
     return {
         "versions": report.versions,
         "fix_active": report.fix_active,
-        "original": {"ok": row.live_error is None, "error": row.live_error, "unchanged": not row.changes},
-        "loaded": {"ok": row.saved is None and row.copy_error is None, "error": row.saved or row.copy_error},
+        "original": {
+            "ok": row.live_error is None,
+            "error": row.live_error,
+            "unchanged": not row.changes,
+        },
+        "loaded": {
+            "ok": row.saved is None and row.copy_error is None,
+            "error": row.saved or row.copy_error,
+        },
     }
 
 

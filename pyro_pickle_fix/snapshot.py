@@ -58,10 +58,10 @@ def _reachable(roots: dict[str, Any]) -> dict[str, Any]:
         attributes = obj.__dict__
         if isinstance(obj, torch.nn.Module):
             # Named from the outermost module, before its submodules claim them.
-            for name, tensor in obj.named_parameters():
-                add(f"Parameter {name!r}", tensor)
-            for name, tensor in obj.named_buffers():
-                add(f"buffer {name!r}", tensor)
+            for name, parameter in obj.named_parameters():
+                add(f"Parameter {name!r}", parameter)
+            for name, buffer in obj.named_buffers():
+                add(f"buffer {name!r}", buffer)
             for name, child in attributes.get("_modules", {}).items():
                 if child is not None:
                     visit(f"{path}._modules[{name!r}]", child)
@@ -134,7 +134,9 @@ class Snapshot:
         )
         return lines
 
-    def _attribute_changes(self, path: str, record: Record, now: Record, after: Snapshot) -> list[str]:
+    def _attribute_changes(
+        self, path: str, record: Record, now: Record, after: Snapshot
+    ) -> list[str]:
         before_values, after_values = record[2], now[2]
         lost = [name for name in before_values if name not in after_values]
         gained = [name for name in after_values if name not in before_values]

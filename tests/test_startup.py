@@ -17,9 +17,10 @@ from support import GROUP_BUG
 SCENARIO = ROOT / "pyro_pickle_fix" / "scenario.py"
 # The reproduction, run from its file by a script that never imports pyro_pickle_fix.
 REPRODUCE = f"""
-import io, json, runpy, sys, torch
-scenario = runpy.run_path({str(SCENARIO)!r})
-guide, train_more = scenario["trained_guide"]()
+import io, json, sys, torch
+sys.path.insert(0, {str(SCENARIO.parent)!r})
+import scenario  # the file alone, as a top-level module: not the package
+guide, train_more = scenario.trained_guide()
 held = [p for p in guide.parameters() if "unconstrained" in p.__dict__]
 torch.save(guide, io.BytesIO())
 unchanged = bool(held) and all("unconstrained" in p.__dict__ for p in held)
