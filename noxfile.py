@@ -101,7 +101,8 @@ def release(session: nox.Session) -> None:
 def startup(session: nox.Session) -> None:
     """The parts that need no torch (trigger, installer, start-up activation),
     with a stand-in pyro package, on every Python."""
-    session.install(wheel(), WRAPT["2"], "pytest>=7", "--no-deps")
+    session.install("--no-deps", wheel())
+    session.install(WRAPT["2"], "pytest>=7")
     session.run("pytest", "-p", "no:cacheprovider", "tests/test_stdlib.py", *session.posargs)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import importlib.util
 import io
 import json
 import pickle
@@ -76,8 +75,9 @@ _NEEDS = {"cloudpickle": "cloudpickle"}
 
 
 def error_line(error: BaseException) -> str:
-    """``Type: message``, as the last line of a traceback says it."""
-    return traceback.format_exception_only(type(error), error)[-1].strip()
+    """``Type: message``, as the last line of a traceback says it (its first line,
+    where the message has several)."""
+    return traceback.format_exception_only(type(error), error)[-1].strip().splitlines()[0]
 
 
 class AuditRow:
@@ -237,9 +237,13 @@ def _is_pyro_object(obj: Any) -> bool:
 
 def _missing(path: str) -> str | None:
     needed = _NEEDS.get(path)
-    if needed is None or importlib.util.find_spec(needed) is not None:
+    if needed is None:
         return None
-    return f"{needed} is not installed"
+    try:
+        importlib.import_module(needed)
+    except ImportError:
+        return f"{needed} is not installed"
+    return None
 
 
 def _make(factory: Factory) -> tuple[Any, Call | None]:

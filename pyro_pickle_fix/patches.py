@@ -62,6 +62,7 @@ class Patch:
         "hide",
         "kind",
         "leaf_tensors",
+        "share",
         "target",
         "trigger",
         "weakref_free",
@@ -78,6 +79,7 @@ class Patch:
         alive: tuple[str, ...] = (),
         leaf_tensors: bool = False,
         weakref_free: tuple[str, ...] = (),
+        share: tuple[str, ...] = (),
     ) -> None:
         self.target = target
         self.bugs = bugs
@@ -95,6 +97,9 @@ class Patch:
         #: State keys whose dict of tensors gets a pickled form without pyro's
         #: weakref in the tensors' state (the live tensors keep it).
         self.weakref_free = weakref_free
+        #: Attributes whose live container the state keeps, as stock pyro's does,
+        #: instead of the private copy's.
+        self.share = share
 
     @property
     def module(self) -> str:
@@ -157,6 +162,9 @@ PATCHES: tuple[Patch, ...] = (
             ),
         ),
         hide={"_parameters": "_parameters", "_modules": "_modules"},
+        # EasyGuide's per-call plate cache: after copy.copy the shared Groups still
+        # use the original guide's cache, so the copy must use the same one.
+        share=("plates",),
     ),
     Patch(
         "pyro.infer.autoguide.guides:AutoGuide.__getstate__",

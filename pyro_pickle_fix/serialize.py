@@ -80,6 +80,7 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
     alive = patch.alive
     leaf_tensors = patch.leaf_tensors
     weakref_free = patch.weakref_free
+    share = patch.share
 
     def copy_on_serialize(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -104,6 +105,9 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
             attributes.update(hidden)
         if not isinstance(state, dict):
             return state
+        for name in share:
+            if name in state and name in instance.__dict__:
+                state[name] = instance.__dict__[name]
         for name, value in hidden.items():
             if hide[name] in state:
                 state[hide[name]] = value  # the private copy's, never the live one
