@@ -55,7 +55,8 @@ def _cell_id(python: str, pyro: str, wrapt: str) -> str:
 
 def _site_packages(session: nox.Session, python: str = "python") -> str:
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    return str(session.run(python, "-c", code, silent=True)).strip().splitlines()[-1]
+    out = session.run(python, "-c", code, silent=True, external=python != "python")
+    return str(out).strip().splitlines()[-1]
 
 
 def share_torch(session: nox.Session) -> None:

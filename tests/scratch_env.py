@@ -43,14 +43,20 @@ def build_wheel(scratch: Path) -> Path:
 
 
 def link_dependencies(into: Path) -> Path:
-    """Links to everything this environment has installed, except our package."""
+    """Links to everything this environment has installed, except our package
+    (from every site-packages on sys.path: the matrix shares torch through a .pth)."""
     into.mkdir(parents=True, exist_ok=True)
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        name = entry.name.lower()
-        if "pyro_pickle_fix" in name or "pyro-pickle-fix" in name or name.endswith(".pth"):
+    own = Path(sysconfig.get_paths()["purelib"])
+    sites = [own, *(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p) != own)]
+    for site in sites:
+        if not site.is_dir():
             continue
-        if not name.startswith("sitecustomize"):
-            (into / entry.name).symlink_to(entry)
+        for entry in site.iterdir():
+            name = entry.name.lower()
+            skip = "pyro_pickle_fix" in name or "pyro-pickle-fix" in name
+            skip = skip or name.endswith(".pth") or name.startswith("sitecustomize")
+            if not skip and not (into / entry.name).exists():
+                (into / entry.name).symlink_to(entry)
     return into
 
 

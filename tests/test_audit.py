@@ -158,7 +158,9 @@ def test_cli_audits_a_module_on_pythonpath_and_json_round_trips(user_path):
     assert [row.path for row in with_fix.rows] == ["pickle5", "copy"]
     assert with_fix.clean and with_fix.fix_active
     without = AuditReport.from_dict(found["without_fix"])
-    assert not without.clean and "guide.__dict__['_model']: tuple -> None" in without.rows[0].changes
+    assert (
+        not without.clean and "guide.__dict__['_model']: tuple -> None" in without.rows[0].changes
+    )
 
     text = cli(user_path, "user_guides:make_guide", "--paths", "torch.save")
     assert text.returncode == 0, text.stderr
