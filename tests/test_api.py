@@ -87,6 +87,7 @@ print(json.dumps({"patched": pyro_pickle_fix.is_patched(), "outcome": outcome}))
 """
 
 
+@pytest.mark.slow  # the same on every pyro-ppl: once per Python
 @pytest.mark.parametrize("order", ["fix first", "pyro first"])
 def test_import_order_does_not_matter(order):
     code = PROBE if order == "fix first" else "import pyro.contrib.easyguide\n" + PROBE

@@ -3,6 +3,7 @@
 import json
 import sys
 
+import pytest
 from support import GROUP_BUG, PYRO, run_python
 
 
@@ -25,6 +26,7 @@ def test_check_reports_the_bug_and_that_the_fix_makes_this_environment_safe():
     assert lines[-1].strip() == "Saving a guide is safe in this environment with pyro-pickle-fix."
 
 
+@pytest.mark.slow  # the same on every pyro-ppl: once per Python
 def test_check_exits_non_zero_when_the_fix_does_not_protect(tmp_path):
     # A sitecustomize that switches the fix off in every interpreter, even the
     # one check starts with PYRO_PICKLE_FIX=1.

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from engine_work import Trainer, fix_in_this_process, sample_in_worker
 from guides import build, train
 from support import assert_same_tensors, run_json, snapshot
 
 import pyro_pickle_fix
-from engine_work import Trainer, fix_in_this_process, sample_in_worker
 
 ray = pytest.importorskip("ray")
 distributed = pytest.importorskip("distributed")
@@ -151,7 +151,7 @@ def test_dask_leaves_the_drivers_guide_intact_and_logs_no_error(
 def test_dask_serialize_round_trips_every_kind_through_pickle(kind, dask_errors):
     from distributed.protocol import deserialize, serialize
 
-    _, guide, kwargs = build(kind)
+    _, guide, _ = build(kind)
     before = snapshot(guide)
     header, frames = serialize(guide, on_error="raise")
     assert header["serializer"] == "pickle"

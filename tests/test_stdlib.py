@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# In the matrix cells these run once per Python (the startup session runs them too).
+pytestmark = pytest.mark.slow
+
 # A stand-in for pyro: PyroModule.__getstate__ strips a marker from every live
 # "parameter", as pyro strips its weakref (and returns the live __dict__, as
 # object.__getstate__ does from Python 3.11 on).

@@ -2,8 +2,8 @@
 
     python tools/compat_table.py .nox/results README.md
 
-Each matrix cell leaves ``pyro-X-wrapt-Y.xml`` (pytest's JUnit report) and
-``pyro-X-wrapt-Y.json`` (``pyro-pickle-fix check --json``).  The table replaces
+Each matrix cell leaves ``pyP-pyroX-wrapt-Y.xml`` (pytest's JUnit report) and
+``pyP-pyroX-wrapt-Y.json`` (``pyro-pickle-fix check --json``).  The table replaces
 whatever stands between the two markers in the README.  The last line printed
 is the matrix's total, ``matrix: N passed, N failed``.
 """
@@ -50,7 +50,7 @@ def rows(results: Path) -> tuple[list[str], int, int]:
         "|---|---|---|---|---|---|---|---|",
     ]
     passed_total = failed_total = 0
-    for check in sorted(results.glob("pyro-*-wrapt-*.json")):
+    for check in sorted(results.glob("py*-pyro*-wrapt*.json")):
         outcome = json.loads(check.read_text())
         stock, fixed = outcome["without_fix"], outcome["with_fix"]
         versions = fixed.get("versions") or stock.get("versions") or {}

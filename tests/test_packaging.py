@@ -1,0 +1,90 @@
+"""What users install: declared Pythons agree everywhere, the tested package is
+the installed wheel in the matrix, and the README's install command works."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scratch_env import ROOT
+
+import pyro_pickle_fix
+
+
+def _noxfile_pythons() -> list[str]:
+    tree = ast.parse((ROOT / "noxfile.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "PYTHONS":
+            return list(ast.literal_eval(node.value))
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PYTHONS":
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("noxfile.py has no PYTHONS")
+
+
+def test_requires_python_classifiers_and_ci_pythons_agree():
+    text = (ROOT / "pyproject.toml").read_text()
+    (minimum,) = re.findall(r'requires-python = ">=(3\.\d+)"', text)
+    classifiers = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', text)
+    pythons = _noxfile_pythons()
+    assert classifiers == pythons, (classifiers, pythons)
+    assert pythons[0] == minimum
+    assert "3.11" in pythons and sys.version_info[:2] >= tuple(map(int, minimum.split(".")))
+    cells = {
+        cell[0]
+        for cell in __import__("ast").literal_eval(
+            re.search(r"CELLS = (\[.*?\])\n", (ROOT / "noxfile.py").read_text(), re.S).group(1)
+        )
+    }
+    assert cells == set(pythons)  # every declared Python has test cells
+
+
+@pytest.mark.skipif(
+    os.environ.get("PYRO_PICKLE_FIX_TEST_INSTALLED") != "1", reason="only in the matrix cells"
+)
+def test_the_matrix_tests_the_installed_wheel_not_the_checkout():
+    location = Path(pyro_pickle_fix.__file__).resolve()
+    assert "site-packages" in location.parts, location
+    assert ROOT not in location.parents
+
+
+@pytest.mark.slow
+def test_the_readmes_install_command_works_from_a_clone(tmp_path):
+    from scratch_env import link_dependencies
+
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install ." in readme
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    env_dir = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(site) / "_deps.pth").write_text(f"{link_dependencies(tmp_path / 'deps')}\n")
+    # The README's command, run in the clone; the build tools come from the registry.
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "."],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    check = subprocess.run(
+        [str(env_dir / "bin" / "pyro-pickle-fix"), "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYRO_PICKLE_FIX")},
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "Saving a guide is safe in this environment" in check.stdout
