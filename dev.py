@@ -18,6 +18,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -44,7 +45,10 @@ def ensure_venv() -> None:
 
 def run(*command: str, env: dict[str, str] | None = None) -> int:
     print("dev.py: " + " ".join(command), flush=True)
-    return subprocess.run(command, cwd=ROOT, check=False, env=env).returncode
+    start = time.monotonic()
+    code = subprocess.run(command, cwd=ROOT, check=False, env=env).returncode
+    print(f"dev.py: exit {code} after {time.monotonic() - start:.0f} s", flush=True)
+    return code
 
 
 def interpreters_on_path() -> dict[str, str]:

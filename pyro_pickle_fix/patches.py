@@ -62,7 +62,6 @@ class Patch:
         "hide",
         "kind",
         "leaf_tensors",
-        "share",
         "target",
         "trigger",
         "weakref_free",
@@ -79,7 +78,6 @@ class Patch:
         alive: tuple[str, ...] = (),
         leaf_tensors: bool = False,
         weakref_free: tuple[str, ...] = (),
-        share: tuple[str, ...] = (),
     ) -> None:
         self.target = target
         self.bugs = bugs
@@ -97,9 +95,6 @@ class Patch:
         #: State keys whose dict of tensors gets a pickled form without pyro's
         #: weakref in the tensors' state (the live tensors keep it).
         self.weakref_free = weakref_free
-        #: Attributes whose live container the state keeps, as stock pyro's does,
-        #: instead of the private copy's.
-        self.share = share
 
     @property
     def module(self) -> str:
@@ -162,9 +157,6 @@ PATCHES: tuple[Patch, ...] = (
             ),
         ),
         hide={"_parameters": "_parameters", "_modules": "_modules"},
-        # EasyGuide's per-call plate cache: after copy.copy the shared Groups still
-        # use the original guide's cache, so the copy must use the same one.
-        share=("plates",),
     ),
     Patch(
         "pyro.infer.autoguide.guides:AutoGuide.__getstate__",
@@ -186,6 +178,21 @@ PATCHES: tuple[Patch, ...] = (
             ),
         ),
         kind="adopt_children",
+    ),
+    Patch(
+        "torch.nn.modules.module:Module.__setstate__",
+        (
+            # EasyGuide has no __setstate__ of its own.  copy.copy shares its Groups,
+            # which point at the original guide: the copy runs through the
+            # original's groups and plate cache (with the fix, which gives the copy
+            # its own containers, it fails with "duplicate plate").
+            Bug(
+                "copy.copy of an EasyGuide shares its Groups, still bound to the "
+                "original guide: the copy runs through the original's state"
+            ),
+        ),
+        kind="adopt_groups",
+        trigger="pyro.contrib.easyguide.easyguide",
     ),
     Patch(
         "pyro.params.param_store:ParamStoreDict.get_state",

@@ -179,13 +179,23 @@ def _warn_if_unknown_pyro() -> None:
 class TargetStatus:
     """One row of :func:`status`."""
 
-    __slots__ = ("needed", "note", "target", "wrapped")
+    __slots__ = ("bugs", "needed", "note", "target", "wrapped")
 
-    def __init__(self, target: str, wrapped: bool, needed: bool | None, note: str) -> None:
+    def __init__(
+        self,
+        target: str,
+        wrapped: bool,
+        needed: bool | None,
+        note: str,
+        bugs: list[str] | None = None,
+    ) -> None:
         self.target = target
         self.wrapped = wrapped
         self.needed = needed
         self.note = note
+        #: The bugs this target fixes that this pyro-ppl on this Python has (a
+        #: Python before 3.11 has none of those that need object.__getstate__).
+        self.bugs = bugs or []
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -246,6 +256,11 @@ def status() -> Status:
                 note = f"waits for `import {entry.trigger}`"
             else:
                 note = ""
-            rows.append(TargetStatus(entry.dotted, wrapped, needed, note))
+            bugs = [
+                bug.summary
+                for bug in entry.bugs
+                if version is not None and bug.present(parse_version(version), python) is not False
+            ]
+            rows.append(TargetStatus(entry.dotted, wrapped, needed, note, bugs))
         active = _armed
     return Status(version, ".".join(map(str, python)), active, rows)

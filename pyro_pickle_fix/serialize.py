@@ -80,7 +80,6 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
     alive = patch.alive
     leaf_tensors = patch.leaf_tensors
     weakref_free = patch.weakref_free
-    share = patch.share
 
     def copy_on_serialize(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -105,9 +104,6 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
             attributes.update(hidden)
         if not isinstance(state, dict):
             return state
-        for name in share:
-            if name in state and name in instance.__dict__:
-                state[name] = instance.__dict__[name]
         for name, value in hidden.items():
             if hide[name] in state:
                 state[hide[name]] = value  # the private copy's, never the live one
@@ -167,6 +163,40 @@ def _owned_children(modules: dict[str, Any]) -> dict[str, Any]:
                 owned = type(modules)(modules)
             owned[name] = copy.copy(child)
     return modules if owned is None else owned
+
+
+def make_adopt_groups(original: Callable[..., Any], patch: Patch) -> Wrapper:
+    """Before a module takes its state, EasyGuide Groups bound to another live
+    guide (copy.copy shares them) are replaced by copies bound to this one, as
+    the Groups of a loaded guide are."""
+
+    def adopt_groups(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        (state,) = args
+        groups = state.get("groups") if isinstance(state, dict) else None
+        if groups and type(groups) is dict:
+            owned = _owned_groups(instance, groups)
+            if owned is not groups:
+                state = dict(state, groups=owned)
+        return original(instance, state, **kwargs)
+
+    return adopt_groups
+
+
+def _owned_groups(guide: Any, groups: dict[str, Any]) -> dict[str, Any]:
+    from pyro.contrib.easyguide.easyguide import Group
+
+    owned = None
+    for name, group in groups.items():
+        ref = group.__dict__.get("_guide") if isinstance(group, Group) else None
+        if isinstance(ref, weakref.ref) and ref() is not None and ref() is not guide:
+            if owned is None:
+                owned = dict(groups)
+            adopted = object.__new__(type(group))
+            adopted.__dict__.update(group.__dict__, _guide=weakref.ref(guide))
+            owned[name] = adopted
+    return groups if owned is None else owned
 
 
 _WEAKREF = "unconstrained"  # pyro's link from a constrained to an unconstrained tensor
@@ -233,5 +263,6 @@ def _weakref_free_twin(tensor: Any) -> Any:
 WRAPPERS: dict[str, Callable[[Callable[..., Any], Patch], Wrapper]] = {
     "copy_on_serialize": make_copy_on_serialize,
     "adopt_children": make_adopt_children,
+    "adopt_groups": make_adopt_groups,
     "parameter_reduce": make_parameter_reduce,
 }

@@ -70,6 +70,22 @@ def test_status_is_structured_and_readable():
         assert entry.dotted in text
 
 
+def test_status_says_per_target_which_bugs_this_python_and_pyro_have():
+    from support import GROUP_BUG, GUIDE_MESSENGER_BUG, PY311
+
+    rows = {row.target: row for row in pyro_pickle_fix.status().targets}
+    group = rows["pyro.contrib.easyguide.easyguide.Group.__getstate__"]
+    assert any("strong reference in the live __dict__" in bug for bug in group.bugs) is GROUP_BUG
+    assert any("pickles, and the bytes fail to load" in bug for bug in group.bugs)  # always
+    messenger = rows["pyro.poutine.guide.GuideMessenger.__getstate__"]
+    assert messenger.needed is GUIDE_MESSENGER_BUG
+    assert bool(messenger.bugs) is GUIDE_MESSENGER_BUG
+    transform = rows["torch.distributions.transforms.Transform.__getstate__"]
+    # weakrefs nulled in the live __dict__: only where object.__getstate__ returns it
+    assert any("weakref attributes to None" in bug for bug in transform.bugs) is PY311
+    assert transform.needed is True  # the deepcopy bug is on every Python
+
+
 def test_importing_the_package_alone_imports_no_torch_pyro_or_wrapt():
     found = run_json(
         "import sys, json, pyro_pickle_fix\n"

@@ -232,13 +232,30 @@ with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
     actor = ray.remote(Trainer).remote("AutoNormal")
     ray.get(actor.checkpoint.remote(), timeout=120)
     found["ray worker"] = ray.get(actor.report.remote(), timeout=120)
+    import logging
+    from distributed.protocol import deserialize, serialize
+    logged = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = logged.append
+    logging.getLogger("distributed").addHandler(handler)
+    _, guide_list, _ = build("AutoGuideList")
+    try:
+        deserialize(*serialize(guide_list, on_error="raise"))
+        found_error = None
+    except Exception as e:
+        found_error = str(e)
 ray.shutdown()
+found["dask serialize"] = {{"error": found_error, "logged": len(logged)}}
 print(json.dumps(found))
 """
 
 
 def test_without_the_fix_every_engine_corrupts_the_drivers_guide():
     found = run_json(STOCK.format(tests=str(TESTS), kinds=KINDS), fix=False, timeout=600)
+    # Dask's generic serializer walks the guide list's __dict__ into a weakref
+    dask = found.pop("dask serialize")
+    assert (dask["error"] or "").startswith("Could not serialize object of type ReferenceType")
+    assert dask["logged"] > 0  # "Failed to serialize <weakref ...>", with tracebacks
     worker = found.pop("ray worker")  # a Ray worker without worker activation
     assert worker["fix"] is False and worker["intact"] is False, worker
     assert len(found) == 3 * len(KINDS)
@@ -300,3 +317,56 @@ def test_dask_worker_activation(activation, tmp_path):
 
 def test_the_driver_process_itself_is_patched():
     assert fix_in_this_process() and sys.modules["pyro_pickle_fix"].is_patched()
+
+
+# Start-up activation (`pyro-pickle-fix install`) reaches every kind of worker.
+WORKERS = """
+import json, multiprocessing, sys
+import ray
+from distributed import Client, LocalCluster
+
+def probe():
+    import pyro  # noqa: F401  (the fix applies once pyro is imported)
+    fix = sys.modules.get("pyro_pickle_fix")
+    return bool(fix is not None and fix.is_patched())
+
+if __name__ == "__main__":
+    found = {}
+    for method in ("spawn", "forkserver"):
+        with multiprocessing.get_context(method).Pool(1) as pool:
+            found[method] = pool.apply(probe)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    found["ray"] = ray.get(ray.remote(probe).remote(), timeout=120)
+    ray.shutdown()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        found["dask"] = client.submit(probe, pure=False).result(timeout=120)
+    print(json.dumps(found))
+"""
+
+
+@pytest.mark.slow
+def test_install_activates_the_fix_in_ray_dask_and_pool_workers(tmp_path):
+    import json
+    import subprocess
+
+    from scratch_env import build_wheel, link_dependencies, make_env
+
+    python, _ = make_env(
+        tmp_path / "venv", build_wheel(tmp_path / "wheel"), link_dependencies(tmp_path / "deps")
+    )
+    script = tmp_path / "workers.py"
+    script.write_text(WORKERS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYRO_PICKLE_FIX", "PYTHON"))}
+
+    def workers():
+        done = subprocess.run(
+            [python, str(script)], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert workers() == dict.fromkeys(["spawn", "forkserver", "ray", "dask"], False)
+    cli = [python, "-m", "pyro_pickle_fix"]
+    assert subprocess.run([*cli, "install"], env=env, check=False).returncode == 0
+    assert workers() == dict.fromkeys(["spawn", "forkserver", "ray", "dask"], True)

@@ -279,3 +279,25 @@ def test_torch_save_of_a_module_with_a_held_parameter_keeps_it_usable():
     assert held
     torch.save(guide, io.BytesIO())
     assert all(p.unconstrained() is p for p in held)
+
+
+def test_copy_copy_of_an_easy_guide_gets_groups_bound_to_the_copy():
+    model_fn, guide, kwargs = build("EasyGuide")
+    groups = dict(guide.groups)
+    shallow = copy.copy(guide)
+    assert {name: group.guide for name, group in shallow.groups.items()} == dict.fromkeys(
+        groups, shallow
+    )
+    assert guide.groups == groups and all(g.guide is guide for g in guide.groups.values())
+    shallow(**kwargs)  # with its own plate cache, the copy runs through its own groups
+    guide(**kwargs)
+
+
+def test_stock_copy_copy_of_an_easy_guide_is_bound_to_the_original():
+    found = stock(
+        "_, guide, kwargs = build('EasyGuide')\n"
+        "shallow = copy.copy(guide)\n"
+        "result['shared'] = shallow.groups is guide.groups\n"
+        "result['bound'] = all(g.guide is guide for g in shallow.groups.values())\n"
+    )
+    assert found == {"shared": True, "bound": True}

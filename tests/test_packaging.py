@@ -6,8 +6,11 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -58,8 +61,8 @@ def test_the_readmes_install_command_works_from_a_clone(tmp_path):
 
     readme = (ROOT / "README.md").read_text()
     assert "pip install ." in readme
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    clone = tmp_path / "clone"  # a clone's files (an sdist's tests have no .git to clone)
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info"))
     env_dir = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
     python = env_dir / "bin" / "python"
@@ -88,3 +91,22 @@ def test_the_readmes_install_command_works_from_a_clone(tmp_path):
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "Saving a guide is safe in this environment" in check.stdout
+
+
+def test_the_dist_check_fails_on_a_wheel_without_py_typed_or_a_module(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import check_dist
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    with zipfile.ZipFile(tmp_path / "pyro_pickle_fix-0.0.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("pyro_pickle_fix/__init__.py", "")
+        wheel.writestr("pyro_pickle_fix-0.0.0.dist-info/entry_points.txt", "")
+    with tarfile.open(tmp_path / "pyro_pickle_fix-0.0.0.tar.gz", "w:gz") as sdist:
+        sdist.add(ROOT / "README.md", arcname="pyro_pickle_fix-0.0.0/README.md")
+    found = check_dist.problems(tmp_path)
+    assert "wheel lacks pyro_pickle_fix/py.typed" in found
+    assert "wheel lacks pyro_pickle_fix/patching.py" in found
+    assert "wheel lacks the console script pyro-pickle-fix" in found
+    assert "sdist pyro_pickle_fix-0.0.0 lacks tests/conftest.py" in found
+    assert "wheel lacks pyro_pickle_fix/__init__.py" not in found
