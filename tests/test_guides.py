@@ -282,7 +282,7 @@ def test_torch_save_of_a_module_with_a_held_parameter_keeps_it_usable():
 
 
 def test_copy_copy_of_an_easy_guide_gets_groups_bound_to_the_copy():
-    model_fn, guide, kwargs = build("EasyGuide")
+    _, guide, kwargs = build("EasyGuide")
     groups = dict(guide.groups)
     shallow = copy.copy(guide)
     assert {name: group.guide for name, group in shallow.groups.items()} == dict.fromkeys(
