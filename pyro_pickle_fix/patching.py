@@ -149,6 +149,15 @@ def _is_wrapped(entry: Patch) -> bool:
     return applied is not None and bool(applied.active())
 
 
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # imported, without a spec
+        return True
+
+
 def pyro_version() -> str | None:
     """The installed pyro-ppl version, read without importing pyro; None if absent."""
     from importlib import metadata
@@ -252,6 +261,9 @@ def status() -> Status:
                 note = "skipped: " + _skipped[entry.target]
             elif version is None:
                 note = "pyro-ppl is not installed"
+            elif entry.engine and not _installed(entry.module.split(".")[0]):
+                needed = False  # nothing of that engine's can serialize a guide here
+                note = f"{entry.module.split('.')[0]} is not installed"
             elif not wrapped and _armed and entry.trigger not in sys.modules:
                 note = f"waits for `import {entry.trigger}`"
             else:

@@ -86,6 +86,18 @@ def test_status_says_per_target_which_bugs_this_python_and_pyro_have():
     assert transform.needed is True  # the deepcopy bug is on every Python
 
 
+def test_status_says_when_an_engine_is_not_installed():
+    found = run_json(
+        "import json, sys\n"
+        "sys.modules['distributed'] = None  # as if not installed\n"
+        "import pyro_pickle_fix, pyro\n"
+        "row = [r for r in pyro_pickle_fix.status().targets if r.target.startswith('distr')][0]\n"
+        "print(json.dumps(row.as_dict()))"
+    )
+    assert found["note"] == "distributed is not installed"
+    assert found["needed"] is False and found["wrapped"] is False
+
+
 def test_importing_the_package_alone_imports_no_torch_pyro_or_wrapt():
     found = run_json(
         "import sys, json, pyro_pickle_fix\n"
