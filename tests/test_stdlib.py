@@ -145,9 +145,11 @@ def test_a_bad_environment_value_warns_at_start_up_and_keeps_the_fix_on(tmp_path
 
 def test_without_pyro_import_succeeds_and_says_what_to_do(tmp_path):
     # -S: no site-packages, so no pyro (nor wrapt, nor torch); only this package.
-    import pyro_pickle_fix
+    import importlib.util
 
-    shutil.copytree(Path(pyro_pickle_fix.__file__).parent, tmp_path / "pyro_pickle_fix")
+    spec = importlib.util.find_spec("pyro_pickle_fix")  # not imported: that would warn here
+    assert spec is not None and spec.origin is not None
+    shutil.copytree(Path(spec.origin).parent, tmp_path / "pyro_pickle_fix")
     done = python(
         "import pyro_pickle_fix; print(pyro_pickle_fix.status())",
         {"PYTHONPATH": str(tmp_path)},
