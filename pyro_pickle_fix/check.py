@@ -111,6 +111,11 @@ def audit_report(target: str, without: AuditReport, with_fix: AuditReport) -> st
             f"  Serializing {target} is safe here with pyro-pickle-fix on every path "
             f"(without it, it {stock})."
         )
+        unsaved = [row.path for row in with_fix.rows if row.skipped is None and row.saved]
+        if unsaved:
+            lines.append(
+                f"  (It leaves the object as it was, but cannot save it by: {', '.join(unsaved)}.)"
+            )
     else:
         paths = ", ".join(row.path for row in with_fix.rows if not row.clean)
         lines.append(

@@ -117,6 +117,11 @@ class Counter(PyroModule):
 def make_counter():
     return Counter()
 
+def make_unpicklable():
+    guide, call = make_guide()
+    guide.note = lambda: "a local lambda: pickle cannot save it"
+    return guide, call
+
 def make_plain():
     return {"weights": [1, 2, 3]}
 
@@ -223,3 +228,10 @@ def test_an_unknown_path_is_a_clear_error(user_path):
     done = cli(user_path, "user_guides:make_guide", "--paths", "marshal")
     assert done.returncode == 2
     assert "invalid choice: 'marshal'" in done.stderr
+
+
+def test_a_path_that_cannot_save_is_reported_and_leaves_the_object_alone(user_path):
+    done = cli(user_path, "user_guides:make_unpicklable", "--paths", "pickle5", "deepcopy")
+    assert done.returncode == 0, done.stderr
+    assert "save: AttributeError: Can't " in done.stdout or "save: PicklingError" in done.stdout
+    assert "cannot save it by: pickle5." in done.stdout.splitlines()[-1]
