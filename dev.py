@@ -77,10 +77,24 @@ def test(args: list[str]) -> int:
 def matrix(args: list[str]) -> int:
     nox = str(VENV / "bin" / "nox")
     env = interpreters_on_path()
+    for stale in glob.glob(str(ROOT / ".nox" / "torch-py*.lock")):
+        os.rmdir(stale)  # left by an interrupted run
+    # torch for every Python (~1-2 minutes of download each) is built by a second
+    # nox process while the first runs the cells that already have theirs.
+    (ROOT / ".nox").mkdir(exist_ok=True)
+    log = (ROOT / ".nox" / "torch.log").open("w")
+    print("dev.py: nox --sessions torch (in the background, log in .nox/torch.log)", flush=True)
+    prefetch = subprocess.Popen(
+        [nox, "--sessions", "torch"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     sessions = ["release", "startup", "tests", "engines"]
     code = run(nox, "--sessions", *sessions, *args, env=env)
+    prefetch.wait()
+    log.close()
+    if prefetch.returncode:
+        print((ROOT / ".nox" / "torch.log").read_text()[-5000:], file=sys.stderr)
     table = run(str(PYTHON), "tools/compat_table.py", ".nox/results", "README.md")
-    return code or table
+    return code or prefetch.returncode or table
 
 
 def main(argv: list[str]) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 
 import nox
 
@@ -61,17 +62,39 @@ def _site_packages(session: nox.Session, python: str = "python") -> str:
 
 def share_torch(session: nox.Session) -> None:
     """Give the session's venv torch==2.13.0 from a per-Python environment, made
-    once (a CUDA build of ~4.8 GB on Pythons without a local CPU wheel)."""
+    once (a CUDA build of ~4.8 GB on Pythons without a local CPU wheel).
+
+    ``python3 dev.py matrix`` builds these in a second nox process (the ``torch``
+    session) while the first runs cells; a lock directory makes exactly one
+    process build each, and the other wait for it.
+    """
     base = os.path.abspath(os.path.join(".nox", f"torch-py{session.python}"))
     base_python = os.path.join(base, "bin", "python")
     done = os.path.join(base, ".torch-installed")
-    if not os.path.exists(done):
-        session.run("python", "-m", "venv", "--clear", base)  # the session's Python
-        session.run(base_python, "-m", "pip", "install", "-q", TORCH, external=True)
-        open(done, "w").close()
+    lock = base + ".lock"
+    while not os.path.exists(done):
+        try:
+            os.makedirs(lock)
+        except FileExistsError:
+            session.log(f"waiting for {base}, which another nox process is building")
+            time.sleep(5)
+            continue
+        try:
+            session.run("python", "-m", "venv", "--clear", base)  # the session's Python
+            session.run(base_python, "-m", "pip", "install", "-q", TORCH, external=True)
+            open(done, "w").close()
+        finally:
+            os.rmdir(lock)
     site = _site_packages(session, base_python)
     with open(os.path.join(_site_packages(session), "_torch_2_13.pth"), "w") as file:
         file.write(site + "\n")
+
+
+@nox.session
+@nox.parametrize("python", PYTHONS)
+def torch(session: nox.Session) -> None:
+    """Build the per-Python torch environment ahead of the cells that share it."""
+    share_torch(session)
 
 
 def wheel() -> str:
