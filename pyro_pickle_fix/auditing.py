@@ -56,6 +56,7 @@ def _cloudpickle(obj: Any) -> Any:
 
 
 def _param_store(obj: Any) -> Any:
+    # What pyro.get_param_store().save() writes; obj is audited for what it does to it.
     import pyro
 
     return _torch_save(pyro.get_param_store().get_state())

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import sys
 from pathlib import Path
 
 import pytest
-from engine_work import Trainer, fix_in_this_process, sample_in_worker
+from engine_work import Trainer, sample_in_worker
 from guides import build, train
 from support import assert_same_tensors, run_json, snapshot
 
@@ -313,10 +312,6 @@ def test_dask_worker_activation(activation, tmp_path):
         assert report["fix"] is False and report["intact"] is False, report
     else:
         assert report == {"fix": True, "intact": True, "error": None}
-
-
-def test_the_driver_process_itself_is_patched():
-    assert fix_in_this_process() and sys.modules["pyro_pickle_fix"].is_patched()
 
 
 # Start-up activation (`pyro-pickle-fix install`) reaches every kind of worker.
