@@ -87,24 +87,8 @@ def matrix(args: list[str]) -> int:
     prefetch = subprocess.Popen(
         [nox, "--sessions", "torch"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    code = run(nox, "--sessions", "release", "startup", *args, env=env)
-    if not code:
-        # Two lanes of cells at once: one lane's installs overlap the other's tests.
-        lane_log = (ROOT / ".nox" / "lane-b.log").open("w")
-        print("dev.py: nox --tags lane-b (at the same time, log in .nox/lane-b.log)", flush=True)
-        lane_b = subprocess.Popen(
-            [nox, "--tags", "lane-b", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=lane_log,
-            stderr=subprocess.STDOUT,
-        )
-        code = run(nox, "--tags", "lane-a", *args, env=env)
-        lane_b.wait()
-        lane_log.close()
-        print((ROOT / ".nox" / "lane-b.log").read_text(), flush=True)
-        print(f"dev.py: lane-b exit {lane_b.returncode}", flush=True)
-        code = code or lane_b.returncode
+    sessions = ["release", "startup", "tests", "engines"]
+    code = run(nox, "--sessions", *sessions, *args, env=env)
     prefetch.wait()
     log.close()
     if prefetch.returncode:

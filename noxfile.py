@@ -1,6 +1,6 @@
 """The linters and the test matrix.
 
-``python3 dev.py matrix`` runs them all: ``release`` (builds the sdist
+``python3 dev.py matrix`` runs them all, in order: ``release`` (builds the sdist
 and the wheel that every other session installs), ``startup`` on every Python,
 ``tests`` on every cell, and ``engines``.  (``python3 dev.py test`` runs the
 linters and the suite in ``.venv``, without nox.)
@@ -44,9 +44,6 @@ CELLS = [
     ("3.13", "1.9.1", "2"),
     ("3.13", "1.9.2", "2"),
 ]
-#: ``dev.py matrix`` runs the two lanes at once (installs overlap tests); about
-#: equal halves of the work.
-LANES = {"3.10": "lane-a", "3.11": "lane-a", "3.12": "lane-b", "3.13": "lane-b"}
 ENGINES_PYRO = ["1.9.1", "1.9.2"]
 ENGINES = ["ray==2.60.0", "dask[distributed]==2026.8.0"]
 RESULTS = os.path.join(".nox", "results")
@@ -143,12 +140,7 @@ def startup(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize(
-    "python,pyro,wrapt",
-    CELLS,
-    ids=[_cell_id(*cell) for cell in CELLS],
-    tags=[[LANES[cell[0]]] for cell in CELLS],
-)
+@nox.parametrize("python,pyro,wrapt", CELLS, ids=[_cell_id(*cell) for cell in CELLS])
 def tests(session: nox.Session, pyro: str, wrapt: str) -> None:
     """The suite against one Python x pyro-ppl x wrapt, with the wheel installed;
     then ``check --json`` for the compatibility table."""
@@ -175,7 +167,7 @@ def tests(session: nox.Session, pyro: str, wrapt: str) -> None:
         json.dump(json.loads(str(outcome).strip().splitlines()[-1]), file)
 
 
-@nox.session(python="3.11", tags=["lane-b"])
+@nox.session(python="3.11")
 @nox.parametrize("pyro", ENGINES_PYRO)
 def engines(session: nox.Session, pyro: str) -> None:
     """Real Ray and Dask clusters and multiprocessing pools shipping guides."""
