@@ -31,9 +31,6 @@ ROUNDTRIPS: dict[str, Callable[[Any], Any]] = {
     name: roundtrip for name, roundtrip in PATHS.items() if name != PARAM_STORE
 }
 
-#: Paths whose result is a new, independent object (copy.copy shares children).
-DEEP_PATHS = [name for name in ROUNDTRIPS if name != "copy"]
-
 
 def run_python(
     code: str, *, fix: bool | None = True, env: dict[str, str] | None = None, timeout: int = 300
