@@ -32,7 +32,7 @@ import torch
 from pyro.infer import autoguide as ag
 
 import pyro_pickle_fix
-from pyro_pickle_fix import scenario
+from pyro_pickle_fix.diagnostics import tutorial as scenario
 
 
 def many_sites_model(sites: int = 1000) -> Callable[[], None]:

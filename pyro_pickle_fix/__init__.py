@@ -1,25 +1,25 @@
 """pyro-pickle-fix: serializing a Pyro object never changes the live object.
 
-Importing this package wraps pyro-ppl's serialization methods (see
-:data:`pyro_pickle_fix.patches.PATCHES`) as soon as pyro is imported, unless the
+Importing this package wraps pyro-ppl's serialization methods (the table in
+:mod:`pyro_pickle_fix._targets`) as soon as pyro is imported, unless the
 environment variable ``PYRO_PICKLE_FIX`` is ``0``, ``false``, ``off`` or ``no``.
 
-Import-time activation loads :mod:`pyro_pickle_fix.trigger` alone; the API below
+Import-time activation loads :mod:`pyro_pickle_fix._trigger` alone; the API below
 is loaded on first use, so that start-up activation costs next to nothing in the
 many processes that never import pyro.
 """
 
-from . import trigger
+from . import _trigger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .auditing import AuditReport, audit
-    from .dask_plugin import DaskWorkerPlugin
-    from .errors import PyroPickleFixWarning
-    from .patching import Status, TargetStatus, is_patched, patch, status, unpatch
-    from .serialize import DeadReferenceError
+    from ._loading import safe_globals
+    from ._patcher import Status, TargetStatus, is_patched, patch, status, unpatch
+    from .diagnostics.audit import AuditReport, audit
+    from .errors import DeadReferenceError, PyroPickleFixWarning, UntrustedGlobalError
+    from .integrations.dask_worker import DaskWorkerPlugin
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AuditReport",
@@ -28,26 +28,30 @@ __all__ = [
     "PyroPickleFixWarning",
     "Status",
     "TargetStatus",
+    "UntrustedGlobalError",
     "audit",
     "is_patched",
     "patch",
+    "safe_globals",
     "status",
     "unpatch",
 ]
 
 # public name -> the module that defines it
 _API = {
-    "AuditReport": "auditing",
-    "audit": "auditing",
-    "DaskWorkerPlugin": "dask_plugin",
-    "DeadReferenceError": "serialize",
+    "AuditReport": "diagnostics.audit",
+    "audit": "diagnostics.audit",
+    "DaskWorkerPlugin": "integrations.dask_worker",
+    "DeadReferenceError": "errors",
     "PyroPickleFixWarning": "errors",
-    "Status": "patching",
-    "TargetStatus": "patching",
-    "is_patched": "patching",
-    "patch": "patching",
-    "status": "patching",
-    "unpatch": "patching",
+    "UntrustedGlobalError": "errors",
+    "Status": "_patcher",
+    "TargetStatus": "_patcher",
+    "is_patched": "_patcher",
+    "patch": "_patcher",
+    "safe_globals": "_loading",
+    "status": "_patcher",
+    "unpatch": "_patcher",
 }
 
 
@@ -65,4 +69,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
 
 
-trigger.activate()
+_trigger.activate()

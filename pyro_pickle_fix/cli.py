@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "fix leaves this environment safe.",
     )
     check.add_argument("--json", action="store_true", help="print both outcomes as JSON")
-    from .auditing import PATHS
+    from .diagnostics.audit import PATHS
 
     audit = commands.add_parser(
         "audit",
@@ -85,7 +85,7 @@ def _import_targets() -> None:
     import contextlib
     import importlib
 
-    from .patches import PATCHES
+    from ._targets import PATCHES
 
     for name in dict.fromkeys(entry.trigger for entry in PATCHES if not entry.engine):
         with contextlib.suppress(ImportError):  # status says so for each target
@@ -96,15 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "check":
-        from .check import main as check
+        from .diagnostics.check import main as check
 
         return check(as_json=args.json)
     if args.command == "audit":
-        from .check import audit_main
+        from .diagnostics.audit import audit_main
 
         return audit_main(args.factory, args.paths, args.json)
 
-    from . import installer
+    from . import _installer as installer
+    from .errors import InstallError
 
     if args.command == "status":
         from . import status
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{PROG}: removed from {path}")
             else:
                 print(f"{PROG}: not installed in {path}; nothing to do")
-    except installer.InstallError as error:
+    except InstallError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -1,5 +1,32 @@
-"""The warning pyro-pickle-fix gives when it leaves something unpatched."""
+"""Every exception and warning pyro-pickle-fix raises or gives."""
+
+import pickle
 
 
 class PyroPickleFixWarning(UserWarning):
-    """A target was skipped or could not be patched; pyro behaves as stock there."""
+    """Something was left unpatched (a missing target, an unknown pyro-ppl, a bad
+    ``PYRO_PICKLE_FIX`` value, a wrapper another library put on top of ours); pyro
+    behaves as stock there."""
+
+
+class DeadReferenceError(pickle.PicklingError):
+    """An object refers through a dead weak reference to what it needs; pickling it
+    would write bytes that cannot be loaded."""
+
+
+class UntrustedGlobalError(pickle.UnpicklingError):
+    """A param-store file needs a global beyond tensors and the constraint classes
+    pyro and torch define; it was not loaded, and none of its code ran."""
+
+    def __init__(self, message: str, name: str | None) -> None:
+        super().__init__(message)
+        #: The global the file asked for (``module.qualname``), if torch named it.
+        self.name = name
+
+
+class InstallError(Exception):
+    """Start-up activation could not be changed; the message says what to do."""
+
+
+class AuditInputError(Exception):
+    """The object to audit could not be had; the message says what to fix."""

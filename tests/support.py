@@ -13,8 +13,8 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_pickle_fix.auditing import PARAM_STORE, PATHS
-from pyro_pickle_fix.snapshot import snapshot  # noqa: F401  (the one snapshot, shipped)
+from pyro_pickle_fix.diagnostics.audit import PARAM_STORE, PATHS
+from pyro_pickle_fix.diagnostics.snapshot import snapshot  # noqa: F401  (the one snapshot, shipped)
 
 PYRO = tuple(int(part) for part in pyro.__version__.split("+")[0].split(".")[:3])
 PY311 = sys.version_info >= (3, 11)

@@ -9,8 +9,8 @@ import pytest
 from support import run_json, run_python
 
 import pyro_pickle_fix
-from pyro_pickle_fix import patching
-from pyro_pickle_fix.patches import PATCHES
+from pyro_pickle_fix import _patcher as patching
+from pyro_pickle_fix._targets import PATCHES
 
 
 def resolve(entry):
@@ -22,8 +22,9 @@ def resolve(entry):
 
 
 def current(entry):
+    """The target's own attribute; None where the class does not define it."""
     owner, name = resolve(entry)
-    return vars(owner)[name]
+    return vars(owner).get(name)
 
 
 WRAPPED = [entry for entry in PATCHES if not entry.engine]
@@ -46,13 +47,18 @@ def test_unpatch_restores_the_original_objects_and_patch_rewraps():
     try:
         assert not pyro_pickle_fix.is_patched()
         for entry in WRAPPED:
-            assert current(entry) is originals[entry.target], entry
+            if entry.added:  # the class had no such method: it has none again
+                assert current(entry) is None, entry
+                assert entry.path[-1] not in vars(resolve(entry)[0]), entry
+            else:
+                assert current(entry) is originals[entry.target], entry
         assert not any(row.wrapped for row in pyro_pickle_fix.status().targets)
     finally:
         pyro_pickle_fix.patch()
     assert pyro_pickle_fix.is_patched()
     for entry in WRAPPED:
-        assert current(entry).__wrapped__ is originals[entry.target]
+        if not entry.added:
+            assert current(entry).__wrapped__ is originals[entry.target]
 
 
 def test_status_is_structured_and_readable():
@@ -109,7 +115,7 @@ def test_importing_the_package_alone_imports_no_torch_pyro_or_wrapt():
 
 PROBE = """
 import json, pyro_pickle_fix
-from pyro_pickle_fix import scenario
+from pyro_pickle_fix.diagnostics import tutorial as scenario
 outcome = scenario.reproduce()
 print(json.dumps({"patched": pyro_pickle_fix.is_patched(), "outcome": outcome}))
 """
@@ -161,24 +167,27 @@ def test_unexpected_value_warns_and_keeps_the_fix_on():
     assert "0, false, off, no" in done.stderr
 
 
-def test_a_missing_target_is_skipped_with_one_warning():
-    # A stand-in for a pyro release whose easyguide module has no Group.
+def test_a_missing_target_is_skipped_with_one_warning_each():
+    # A stand-in for a pyro release whose easyguide module has no Group, no EasyGuide.
     found = run_json(
         "import json, sys, types, warnings\n"
         "sys.modules['pyro.contrib.easyguide.easyguide'] = types.ModuleType('stand-in')\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
-        "    import pyro_pickle_fix\n"
+        "    import pyro_pickle_fix, pyro\n"
         "    rows = {r.target: r.note for r in pyro_pickle_fix.status().targets}\n"
         "print(json.dumps({'warnings': [(w.category.__name__, str(w.message))"
-        " for w in caught], 'note': rows['pyro.contrib.easyguide.easyguide.Group.__getstate__']}))"
+        " for w in caught], 'note': rows['pyro.contrib.easyguide.easyguide.Group.__getstate__'],"
+        " 'patched': pyro_pickle_fix.is_patched()}))"
     )
-    assert len(found["warnings"]) == 1, found
-    category, message = found["warnings"][0]
-    assert category == "PyroPickleFixWarning"
-    assert "skipped pyro.contrib.easyguide.easyguide.Group.__getstate__" in message
-    assert "has no 'Group'" in message
+    assert len(found["warnings"]) == 2, found
+    assert {category for category, _ in found["warnings"]} == {"PyroPickleFixWarning"}
+    group, easy = sorted(message for _, message in found["warnings"])
+    assert "skipped pyro.contrib.easyguide.easyguide.EasyGuide.__setstate__" in group
+    assert "skipped pyro.contrib.easyguide.easyguide.Group.__getstate__" in easy
+    assert "has no 'Group'" in easy
     assert found["note"].startswith("skipped: ")
+    assert found["patched"] is True  # every target that exists is wrapped
 
 
 def test_an_unknown_pyro_version_is_patched_with_a_warning(monkeypatch):
@@ -206,7 +215,7 @@ def test_an_unknown_pyro_version_is_patched_with_a_warning(monkeypatch):
 def test_a_reloaded_package_adds_no_second_layer():
     found = run_json(
         "import importlib, json, pyro_pickle_fix, pyro.contrib.easyguide as e\n"
-        "from pyro_pickle_fix import patching\n"
+        "from pyro_pickle_fix import _patcher as patching\n"
         "importlib.reload(patching); importlib.reload(pyro_pickle_fix)\n"
         "pyro_pickle_fix.patch()\n"
         "w = vars(e.easyguide.Group)['__getstate__']\n"
@@ -216,7 +225,7 @@ def test_a_reloaded_package_adds_no_second_layer():
 
 
 def test_a_failing_trigger_warns_and_leaves_the_import_working(monkeypatch):
-    from pyro_pickle_fix import trigger
+    from pyro_pickle_fix import _trigger as trigger
 
     def broken(module):
         raise RuntimeError("boom")

@@ -15,7 +15,7 @@ from guides import KINDS, build, train
 from support import AUTOGUIDE_BUG, GROUP_BUG, run_json
 
 from pyro_pickle_fix import AuditReport, audit
-from pyro_pickle_fix.auditing import PATHS
+from pyro_pickle_fix.diagnostics.audit import PATHS
 
 TESTS = Path(__file__).parent
 

@@ -15,12 +15,14 @@ from support import (
     snapshot,
 )
 
-from pyro_pickle_fix import scenario
+from pyro_pickle_fix.diagnostics import tutorial as scenario
 
 
 def test_reproduction_without_the_fix_shows_the_bug_where_pyro_has_it():
     done = run_python(
-        "from pyro_pickle_fix import scenario; print(scenario.json.dumps(scenario.reproduce()))",
+        "import json\n"
+        "from pyro_pickle_fix.diagnostics import tutorial\n"
+        "print(json.dumps(tutorial.reproduce()))",
         fix=False,
     )
     assert done.returncode == 0, done.stderr

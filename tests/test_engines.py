@@ -205,7 +205,7 @@ import ray, distributed
 from distributed import Client, LocalCluster
 from guides import build
 from engine_work import sample_in_worker
-from pyro_pickle_fix.snapshot import snapshot
+from pyro_pickle_fix.diagnostics.snapshot import snapshot
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
          runtime_env={{"env_vars": {{"PYTHONPATH": {tests!r}}}}})
 found = {{}}

@@ -19,7 +19,7 @@ from pyro.nn import PyroModule
 from support import ROUNDTRIPS, assert_same_tensors, outputs_from_seed, run_json, snapshot
 
 import pyro_pickle_fix
-from pyro_pickle_fix import scenario
+from pyro_pickle_fix.diagnostics import tutorial as scenario
 
 
 def orphan_group():
@@ -54,7 +54,7 @@ def test_a_group_whose_guide_is_gone_fails_at_save_time_with_a_clear_error(tmp_p
 def test_stock_pickles_an_orphan_group_into_bytes_that_cannot_load():
     found = run_json(
         "import gc, json, pickle\n"
-        "from pyro_pickle_fix import scenario\n"
+        "from pyro_pickle_fix.diagnostics import tutorial as scenario\n"
         "g = scenario.PickleGuide(scenario.model)\n"
         "scenario.train(g, scenario.make_data(), epochs=1)\n"
         "group = next(iter(g.groups.values())); del g; gc.collect()\n"

@@ -14,12 +14,12 @@ import pytest
 from scratch_env import ROOT, build_wheel, link_dependencies, make_env
 from support import GROUP_BUG
 
-SCENARIO = ROOT / "pyro_pickle_fix" / "scenario.py"
+SCENARIO = ROOT / "pyro_pickle_fix" / "diagnostics" / "tutorial.py"
 # The reproduction, run from its file by a script that never imports pyro_pickle_fix.
 REPRODUCE = f"""
 import io, json, sys, torch
 sys.path.insert(0, {str(SCENARIO.parent)!r})
-import scenario  # the file alone, as a top-level module: not the package
+import tutorial as scenario  # the file alone, as a top-level module: not the package
 guide, train_more = scenario.trained_guide()
 held = [p for p in guide.parameters() if "unconstrained" in p.__dict__]
 torch.save(guide, io.BytesIO())

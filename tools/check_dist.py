@@ -21,7 +21,7 @@ PACKAGE = "pyro_pickle_fix"
 def problems(dist: Path) -> list[str]:
     (wheel,) = dist.glob(f"{PACKAGE}-*.whl")
     (sdist,) = dist.glob(f"{PACKAGE}-*.tar.gz")
-    modules = {f"{PACKAGE}/{path.name}" for path in (ROOT / PACKAGE).glob("*.py")}
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / PACKAGE).rglob("*.py")}
     found = []
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())

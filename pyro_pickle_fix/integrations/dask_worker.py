@@ -22,6 +22,6 @@ class DaskWorkerPlugin(WorkerPlugin):
     idempotent = True
 
     def setup(self, worker: Any) -> None:
-        from .patching import patch
+        from .._patcher import patch
 
         patch()

@@ -1,7 +1,7 @@
-"""Applying and removing the patches of :data:`pyro_pickle_fix.patches.PATCHES`,
+"""Applying and removing the patches of :data:`pyro_pickle_fix._targets.PATCHES`,
 and reporting on them.
 
-Loaded when pyro is imported (see :mod:`pyro_pickle_fix.trigger`) or when the
+Loaded when pyro is imported (see :mod:`pyro_pickle_fix._trigger`) or when the
 API is used; wrapt and the wrappers are loaded when the first target is wrapped.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import _thread
 import sys
 
-from . import trigger
-from .patches import KNOWN_PYRO, PATCHES, Patch, parse_version
+from . import _trigger as trigger
+from ._targets import KNOWN_PYRO, PATCHES, Patch, parse_version
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 _lock = _thread.RLock()
 _armed = False
-# target -> what was done to it (a _Wrapped, or an engines.DaskRegistration)
+# target -> what was done to it (a _Wrapped, or an integrations.dask.DaskRegistration)
 _applied: dict[str, Any] = {}
 # target -> why it was left alone
 _skipped: dict[str, str] = {}
@@ -42,31 +42,43 @@ def patch() -> None:
 
 
 def unpatch() -> None:
-    """Put pyro's original functions back and disarm the pending imports."""
+    """Put pyro's original functions back and disarm the pending imports.
+
+    A wrapper that another library has wrapped again on top of ours cannot be taken
+    out without removing theirs: it stays, with a warning, and :func:`status` shows
+    it as still wrapped.
+    """
     global _armed
     with _lock:
         _armed = False
         trigger.forget_all()
-        for applied in _applied.values():
-            applied.remove()
-        _applied.clear()
-        _skipped.clear()
-
-
-def _settle() -> None:
-    # Activation defers patch() until pyro is imported; asking about the fix
-    # before then arms it, as it would have been.
-    if not _armed and trigger.activation_requested():
-        patch()
+        for target, applied in list(_applied.items()):
+            outer = applied.remove()
+            if outer is None:
+                del _applied[target]
+            else:
+                _skipped[target] = f"unpatch() could not remove it: {outer} wraps it"
+                trigger.warn(
+                    f"could not unpatch {target.replace(':', '.')}: {outer} has wrapped "
+                    "it on top of pyro-pickle-fix, so taking ours out would take theirs "
+                    "too; the fix stays on for it. Unpatch that library first, or start "
+                    "the process with PYRO_PICKLE_FIX=0."
+                )
+        for target in [t for t in _skipped if t not in _applied]:
+            del _skipped[target]
 
 
 def is_patched() -> bool:
-    """True while the fix is on: armed, and every imported target is wrapped."""
-    _settle()
+    """True while the fix is on: patched (or waiting for pyro's import to patch),
+    and every target whose module is imported is wrapped.  Changes nothing."""
     with _lock:
-        return _armed and all(
-            _is_wrapped(entry) for entry in PATCHES if entry.trigger in sys.modules
+        return (_armed or trigger.activation_requested()) and all(
+            _is_wrapped(entry) for entry in PATCHES if _imported(entry)
         )
+
+
+def _imported(entry: Patch) -> bool:
+    return entry.trigger in sys.modules and entry.target not in _skipped
 
 
 def _applier(entry: Patch) -> trigger.Callback:
@@ -77,34 +89,45 @@ def _applier(entry: Patch) -> trigger.Callback:
 
 
 def _apply(entry: Patch) -> None:
+    from ._loading import Unsupported
+
     with _lock:
         if not _armed or entry.target in _applied:
             return
         try:
             owner, name, original = _resolve(entry)
+            _warn_if_unknown_pyro()
+            if entry.kind == "dask_pickle":
+                from .integrations.dask import DaskRegistration
+
+                _applied[entry.target] = DaskRegistration(original)
+            else:
+                _applied[entry.target] = _Wrapped(entry, owner, name, original)
         except LookupError as missing:
             _skipped[entry.target] = str(missing)
             trigger.warn(f"skipped {entry.dotted}: {missing}; it is not patched.")
             return
-        _warn_if_unknown_pyro()
-        if entry.kind == "dask_pickle":
-            from .engines import DaskRegistration
-
-            _applied[entry.target] = DaskRegistration(original)
-        else:
-            _applied[entry.target] = _Wrapped(entry, owner, name, original)
+        except Unsupported as reason:  # this torch cannot; stock behaviour is kept
+            _skipped[entry.target] = str(reason)
+            return
         _skipped.pop(entry.target, None)
 
 
+def _ours(function: Any) -> bool:
+    return bool(getattr(function, "_self_pyro_pickle_fix", None))
+
+
 class _Wrapped:
-    """A target wrapped in place with a wrapt ``FunctionWrapper``."""
+    """A target wrapped in place with a wrapt ``FunctionWrapper`` (for an ``added``
+    target, a method of the class's own that calls the inherited one)."""
 
     def __init__(self, entry: Patch, owner: Any, name: str, original: Any) -> None:
         import wrapt
 
-        from .serialize import WRAPPERS
+        from ._wrappers import WRAPPERS
 
-        if getattr(original, "_self_pyro_pickle_fix", None):
+        self.added = entry.added
+        if _ours(original):
             # Another copy of this package (a reload) wrapped it already.
             wrapper, original = original, original.__wrapped__
         else:
@@ -115,11 +138,34 @@ class _Wrapped:
         self.owner, self.name, self.original, self.wrapper = owner, name, original, wrapper
 
     def active(self) -> bool:
-        return vars(self.owner).get(self.name) is self.wrapper
+        """Whether our wrapper runs: in place, or under a wrapper of someone else's."""
+        current = vars(self.owner).get(self.name)
+        for _ in range(100):  # a chain of __wrapped__, never a cycle in practice
+            if current is self.wrapper:
+                return True
+            current = getattr(current, "__wrapped__", None)
+            if current is None:
+                return False
+        return False
 
-    def remove(self) -> None:
-        if self.active():
-            setattr(self.owner, self.name, self.original)
+    def remove(self) -> str | None:
+        """Take the wrapper out; None when done (or already gone), else what wraps it."""
+        current = vars(self.owner).get(self.name)
+        if current is self.wrapper:
+            if self.added:
+                delattr(self.owner, self.name)
+            else:
+                setattr(self.owner, self.name, self.original)
+            return None
+        if not self.active():
+            return None
+        return _describe(current)
+
+
+def _describe(function: Any) -> str:
+    module = getattr(function, "__module__", None) or type(function).__module__
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{type(function).__name__} {module}.{name}"
 
 
 def _resolve(entry: Patch) -> tuple[Any, str, Any]:
@@ -137,11 +183,26 @@ def _resolve(entry: Patch) -> tuple[Any, str, Any]:
                 f"{entry.module} has no {part!r} in pyro-ppl {pyro_version()}"
             ) from None
     original = vars(owner).get(name)
+    if entry.added and (original is None or _ours(original)):
+        return owner, name, original or _inherited(owner, name)
     if original is None:
         raise LookupError(
             f"{'.'.join(path) or entry.module} does not define {name} in pyro-ppl {pyro_version()}"
         )
     return owner, name, original
+
+
+def _inherited(owner: type, name: str) -> Any:
+    """A method for ``owner`` that calls the one it inherits (looked up at each call,
+    so a base class patched or unpatched later is seen)."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(super(owner, self), name)(*args, **kwargs)
+
+    method.__name__ = name
+    method.__qualname__ = f"{owner.__qualname__}.{name}"
+    method.__module__ = owner.__module__
+    return method
 
 
 def _is_wrapped(entry: Patch) -> bool:
@@ -158,14 +219,19 @@ def _installed(name: str) -> bool:
         return True
 
 
-def pyro_version() -> str | None:
-    """The installed pyro-ppl version, read without importing pyro; None if absent."""
+def installed_version(distribution: str) -> str | None:
+    """An installed distribution's version, read without importing it; None if absent."""
     from importlib import metadata
 
     try:
-        return metadata.version("pyro-ppl")
+        return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+
+
+def pyro_version() -> str | None:
+    """The installed pyro-ppl version, read without importing pyro; None if absent."""
+    return installed_version("pyro-ppl")
 
 
 def _warn_if_unknown_pyro() -> None:
@@ -248,31 +314,34 @@ class Status:
 
 def status() -> Status:
     """Per target: its dotted path, whether it is wrapped, and whether the installed
-    pyro-ppl has the bug it fixes (``None`` when that pyro-ppl is not one we know)."""
-    _settle()
+    pyro-ppl (on this Python and torch) has the bug it fixes (``None`` when that
+    pyro-ppl is not one we know).  Changes nothing."""
     version = pyro_version()
     python = sys.version_info[:3]
+    torch_text = installed_version("torch")
+    torch = parse_version(torch_text) if torch_text else None
     rows = []
     with _lock:
+        active = _armed or trigger.activation_requested()
         for entry in PATCHES:
             wrapped = _is_wrapped(entry)
-            needed = None if version is None else entry.needed(parse_version(version), python)
+            pyro = parse_version(version) if version is not None else None
+            needed = None if pyro is None else entry.needed(pyro, python, torch)
             if entry.target in _skipped:
                 note = "skipped: " + _skipped[entry.target]
-            elif version is None:
+            elif pyro is None:
                 note = "pyro-ppl is not installed"
             elif entry.engine and not _installed(entry.module.split(".")[0]):
                 needed = False  # nothing of that engine's can serialize a guide here
                 note = f"{entry.module.split('.')[0]} is not installed"
-            elif not wrapped and _armed and entry.trigger not in sys.modules:
+            elif not wrapped and active and entry.trigger not in sys.modules:
                 note = f"waits for `import {entry.trigger}`"
             else:
                 note = ""
             bugs = [
                 bug.summary
                 for bug in entry.bugs
-                if version is not None and bug.present(parse_version(version), python) is not False
+                if pyro is not None and bug.present(pyro, python, torch) is not False
             ]
             rows.append(TargetStatus(entry.dotted, wrapped, needed, note, bugs))
-        active = _armed
     return Status(version, ".".join(map(str, python)), active, rows)

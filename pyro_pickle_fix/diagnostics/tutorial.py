@@ -1,7 +1,7 @@
 """The reproduction: train the EasyGuide of Pyro's EasyGuide tutorial, save it with
 ``torch.save``, load it, and train both the original and the loaded copy again.
 
-``python -m pyro_pickle_fix.scenario`` runs it and prints the outcome as JSON;
+``python -m pyro_pickle_fix.diagnostics.tutorial`` runs it and prints the outcome as JSON;
 ``python -m pyro_pickle_fix check`` runs that twice, without and with the fix.
 Whether the fix is on is decided by ``PYRO_PICKLE_FIX`` when this module's
 package is imported, as for any user.
@@ -80,7 +80,7 @@ def trained_guide(seed: int = 0) -> tuple[PickleGuide, Callable[[Any], object]]:
 def reproduce(seed: int = 0) -> dict[str, Any]:
     """Train, save with ``torch.save``, load, train both again: the audit of the
     tutorial guide along that one path, in the form ``check`` reports."""
-    from .auditing import audit
+    from .audit import audit
 
     report = audit(lambda: trained_guide(seed), paths=["torch.save"], target="tutorial EasyGuide")
     (row,) = report.rows

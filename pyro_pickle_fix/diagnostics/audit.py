@@ -2,8 +2,8 @@
 object, and do the live object and the copy still work?
 
 :func:`audit` runs in this interpreter against the fix as it is now (on or off).
-``python -m pyro_pickle_fix.auditing MODULE:CALLABLE`` (see :mod:`pyro_pickle_fix.cli`)
-runs ``python -m pyro_pickle_fix.auditing`` twice, in fresh interpreters without and
+``pyro-pickle-fix audit MODULE:CALLABLE`` runs ``python -m
+pyro_pickle_fix.diagnostics.audit`` twice, in fresh interpreters without and
 with the fix, and prints both side by side.
 """
 
@@ -17,6 +17,8 @@ import pickle
 import sys
 import traceback
 
+from ..errors import AuditInputError
+from .fresh import REPORT_IT, SIDES, run_fresh, versions_line
 from .snapshot import snapshot
 
 TYPE_CHECKING = False
@@ -30,10 +32,6 @@ if TYPE_CHECKING:
 #: How many changed attributes a row lists.
 MAX_CHANGES = 5
 PARAM_STORE = "param-store"
-
-
-class AuditInputError(Exception):
-    """The object to audit could not be had; the message says what to fix."""
 
 
 def _pickle(protocol: int) -> Callable[[Any], Any]:
@@ -333,8 +331,57 @@ def load_factory(spec: str) -> Factory:
     return found  # type: ignore[no-any-return]
 
 
+def audit_report(target: str, without: AuditReport, with_fix: AuditReport) -> str:
+    """The table ``audit`` prints: each path without and with the fix, and a verdict."""
+    lines = [
+        f"pyro-pickle-fix audit: {target}, serialized along each path without and with the fix",
+        versions_line(with_fix.versions),
+        *(f"  note: {note}" for note in dict.fromkeys(without.notes + with_fix.notes)),
+    ]
+    for (label, _), side in zip(SIDES, (without, with_fix), strict=True):
+        lines += ["", f"  {label}", *table(side.rows, "    ")]
+    lines.append("")
+    if with_fix.clean:
+        stock = "is" if without.clean else "is not"
+        lines.append(
+            f"  Serializing {target} is safe here with pyro-pickle-fix on every path "
+            f"(without it, it {stock})."
+        )
+        unsaved = [row.path for row in with_fix.rows if row.skipped is None and row.saved]
+        if unsaved:
+            lines.append(
+                f"  (It leaves the object as it was, but cannot save it by: {', '.join(unsaved)}.)"
+            )
+    else:
+        paths = ", ".join(row.path for row in with_fix.rows if not row.clean)
+        lines.append(
+            f"  NOT SAFE with the fix on: {paths}. If the change is in a Pyro class, "
+            f"{REPORT_IT[0].lower()}{REPORT_IT[1:]} If it is in your own class, its "
+            "__getstate__/__reduce__ changes the live object: make it work on a copy."
+        )
+    return "\n".join(lines)
+
+
+def audit_main(spec: str, paths: Sequence[str], as_json: bool, python: str = sys.executable) -> int:
+    """``audit MODULE:CALLABLE``: 0 when, with the fix, every path leaves the object
+    unchanged and working; 1 when not; 2 when the object could not be had."""
+    sides = []
+    for _, fix in reversed(SIDES):  # with the fix first: bad input stops before a second run
+        outcome = run_fresh("pyro_pickle_fix.diagnostics.audit", [spec, *paths], fix, python)
+        if "crashed" in outcome:
+            print(outcome["crashed"], file=sys.stderr)
+            return 2 if outcome["exit"] == 2 else 1
+        sides.append(AuditReport.from_dict(outcome))
+    with_fix, without = sides
+    if as_json:
+        print(json.dumps({"without_fix": without.as_dict(), "with_fix": with_fix.as_dict()}))
+    else:
+        print(audit_report(spec, without, with_fix))
+    return 0 if with_fix.clean else 1
+
+
 def main(argv: Sequence[str]) -> int:
-    """``python -m pyro_pickle_fix.auditing MODULE:CALLABLE [PATH ...]``: one audit as
+    """``python -m pyro_pickle_fix.diagnostics.audit MODULE:CALLABLE [PATH ...]``: one audit as
     JSON on stdout (exit 0), or one error line on stderr (exit 2)."""
     spec, *paths = argv
     try:

@@ -4,38 +4,42 @@ Each ``make_*`` function takes the original function and a :class:`Patch`, and
 returns a wrapt wrapper ``(wrapped, instance, args, kwargs)``.  Nothing here
 imports torch or pyro at module level: this module is loaded when the first
 pyro target is patched, and pyro may still be half imported then.
+
+What is written must be what stock pyro writes, byte for byte: the state a
+wrapper returns holds the live objects themselves (so that an object shared by
+two parts of a guide is written once and referred to, as stock writes it), and
+only the top-level ``__dict__`` the original method changes is private.
 """
 
 from __future__ import annotations
 
-import pickle
+import copy
+import sys
 import threading
 import weakref
-from collections import OrderedDict
+
+from .errors import DeadReferenceError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from .patches import Patch
+    from ._targets import Patch
 
     Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-
-
-class DeadReferenceError(pickle.PicklingError):
-    """An object refers through a dead weak reference to what it needs; pickling it
-    would write bytes that cannot be loaded."""
-
-
-# Containers in an instance __dict__ that get their own copy in the private copy:
-# nn.Module's registries and pyro's bookkeeping dicts, which the original methods
-# and concurrent training threads change in place.
-_OWNED_CONTAINERS = frozenset({dict, OrderedDict, set, list})
 
 # ids of private copies this thread is serializing; a wrapped method of a base
 # class reached through super() works on the same copy instead of copying again.
 _in_flight = threading.local()
+
+_COPY = copy.copy.__code__
+
+
+def called_by_copy_copy() -> bool:
+    """Whether the wrapper running now was reached from ``copy.copy`` (no Python
+    frame lies between: the reduction and ``__getstate__`` are C calls)."""
+    return sys._getframe(2).f_code is _COPY
 
 
 def _copies_in_flight() -> set[int]:
@@ -45,15 +49,17 @@ def _copies_in_flight() -> set[int]:
     return ids
 
 
-def private_copy(obj: Any) -> Any:
-    """A shallow copy of ``obj`` with its own ``__dict__`` and its own containers.
+def private_copy(obj: Any, snapshot: tuple[str, ...] = ()) -> Any:
+    """A shallow copy of ``obj`` with its own ``__dict__``; the containers named in
+    ``snapshot`` get copies of their own, everything else is shared.
 
     Never runs ``__init__``, ``__setattr__`` or any user code, and each copy is a
     single C call, so none sees a container half-changed by a training thread.
     """
     attributes = obj.__dict__.copy()
-    for name, value in attributes.items():
-        if type(value) in _OWNED_CONTAINERS:
+    for name in snapshot:
+        value = attributes.get(name)
+        if type(value) is dict:
             attributes[name] = value.copy()
     clone = object.__new__(type(obj))
     object.__setattr__(clone, "__dict__", attributes)
@@ -75,11 +81,11 @@ def _check_alive(obj: Any, names: tuple[str, ...]) -> None:
 
 def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrapper:
     """The original method runs against a private copy; the live object is never
-    touched and the state returned never shares the live containers."""
+    touched, and the state holds the live objects stock pyro would write."""
     hide = patch.hide
     alive = patch.alive
     leaf_tensors = patch.leaf_tensors
-    weakref_free = patch.weakref_free
+    snapshot = patch.snapshot
 
     def copy_on_serialize(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -88,13 +94,18 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
             _check_alive(instance, alive)
         in_flight = _copies_in_flight()
         nested = id(instance) in in_flight
-        target = instance if nested else private_copy(instance)
+        if nested:
+            target = instance
+        else:
+            # copy.copy shares the containers with the original, as stock's does.
+            target = private_copy(instance, () if called_by_copy_copy() else snapshot)
         attributes = target.__dict__
         hidden = {name: attributes[name] for name in hide if name in attributes}
+        placeholders = {}
         for name, value in hidden.items():
             # The original's loop over these registries reaches live tensors and
             # submodules; on the private copy it finds nothing.
-            attributes[name] = type(value)()
+            attributes[name] = placeholders[name] = type(value)()
         in_flight.add(id(target))
         try:
             state = original(target, *args, **kwargs)
@@ -104,14 +115,14 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
             attributes.update(hidden)
         if not isinstance(state, dict):
             return state
-        for name, value in hidden.items():
-            if hide[name] in state:
-                state[hide[name]] = value  # the private copy's, never the live one
+        for name, key in hide.items():
+            if name in hidden and key in state:
+                # The registry itself where the original put it (torch's Module state
+                # shares it), a copy of it where the original copied it (get_state).
+                live = hidden[name]
+                state[key] = live if state[key] is placeholders[name] else live.copy()
         if leaf_tensors:
             _make_leaves(state)
-        for key in weakref_free:
-            if isinstance(state.get(key), dict):
-                state[key] = WeakrefFreeDict(state[key])
         return state
 
     return copy_on_serialize
@@ -132,6 +143,18 @@ def _make_leaves(state: dict[str, Any]) -> None:
             state[name] = tuple(leaf(v) for v in value)
 
 
+def _state_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """``__setstate__(state)`` called positionally or as ``state=...``: (state, a
+    function that calls the original with a replacement state)."""
+    if args:
+        return args[0], lambda original, instance, state: original(
+            instance, state, *args[1:], **kwargs
+        )
+    return kwargs.get("state"), lambda original, instance, state: original(
+        instance, **dict(kwargs, state=state)
+    )
+
+
 def make_adopt_children(original: Callable[..., Any], patch: Patch) -> Wrapper:
     """Before an AutoGuide takes its state, child guides that still belong to a
     live master (copy.copy shares them) are replaced by copies of their own."""
@@ -139,20 +162,18 @@ def make_adopt_children(original: Callable[..., Any], patch: Patch) -> Wrapper:
     def adopt_children(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        (state,) = args
+        state, call = _state_argument(args, kwargs)
         modules = state.get("_modules") if isinstance(state, dict) else None
         if modules:
             owned = _owned_children(modules)
             if owned is not modules:
                 state = dict(state, _modules=owned)
-        return original(instance, state, **kwargs)
+        return call(original, instance, state)
 
     return adopt_children
 
 
 def _owned_children(modules: dict[str, Any]) -> dict[str, Any]:
-    import copy
-
     from pyro.infer.autoguide.guides import AutoGuide
 
     owned = None
@@ -166,20 +187,20 @@ def _owned_children(modules: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_adopt_groups(original: Callable[..., Any], patch: Patch) -> Wrapper:
-    """Before a module takes its state, EasyGuide Groups bound to another live
-    guide (copy.copy shares them) are replaced by copies bound to this one, as
-    the Groups of a loaded guide are."""
+    """Before an EasyGuide takes its state, Groups bound to another live guide
+    (copy.copy shares them) are replaced by copies bound to this one, as the
+    Groups of a loaded guide are."""
 
     def adopt_groups(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        (state,) = args
+        state, call = _state_argument(args, kwargs)
         groups = state.get("groups") if isinstance(state, dict) else None
         if groups and type(groups) is dict:
             owned = _owned_groups(instance, groups)
             if owned is not groups:
                 state = dict(state, groups=owned)
-        return original(instance, state, **kwargs)
+        return call(original, instance, state)
 
     return adopt_groups
 
@@ -206,63 +227,53 @@ def _has_weakref(attributes: Any) -> bool:
     return type(attributes) is dict and isinstance(attributes.get(_WEAKREF), weakref.ref)
 
 
-def _without_weakref(attributes: dict[str, Any]) -> dict[str, Any]:
-    attributes = attributes.copy()
-    del attributes[_WEAKREF]
-    return attributes
+def make_drop_weakref(original: Callable[..., Any], patch: Patch) -> Wrapper:
+    """torch writes a tensor's ``__dict__``; leave out the weakref pyro keeps there,
+    exactly as if pyro had popped it from the live tensor first.
 
-
-def make_parameter_reduce(original: Callable[..., Any], patch: Patch) -> Wrapper:
-    """torch writes a Parameter's ``__dict__``; leave out the weakref pyro keeps there,
-    exactly as if pyro had popped it from the live Parameter.
-
-    For a Parameter without that weakref the wrapper hands back the very tuple the
-    original returned, so what torch writes is untouched.
+    A tensor without that weakref gets the very tuple the original returned (the
+    check is one identity test on it), and ``copy.copy`` keeps the weakref, as
+    stock's copy does.
     """
+    import torch
+    from torch._tensor import _rebuild_from_type_v2
     from torch._utils import _rebuild_parameter, _rebuild_parameter_with_state
 
-    def parameter_reduce(
+    def drop_weakref(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         reduced = original(instance, *args, **kwargs)
-        rebuild, arguments = reduced
-        if rebuild is _rebuild_parameter_with_state and _has_weakref(arguments[3]):
-            state = _without_weakref(arguments[3])
-            if not state:
-                return _rebuild_parameter, arguments[:3]
+        rebuild = reduced[0]
+        if rebuild is not _rebuild_parameter_with_state and rebuild is not _rebuild_from_type_v2:
+            return reduced
+        arguments = reduced[1]
+        state = arguments[3]
+        if not _has_weakref(state) or called_by_copy_copy():
+            return reduced
+        state = state.copy()
+        del state[_WEAKREF]
+        if state:
             return rebuild, (*arguments[:3], state)
-        return reduced
+        # Without Python state torch takes a shorter path, which stock then writes.
+        if rebuild is _rebuild_parameter_with_state:
+            return _rebuild_parameter, arguments[:3]
+        if arguments[1] is torch.Tensor:
+            return arguments[0], arguments[2]  # what Tensor._reduce_ex_internal returned
+        return rebuild, (*arguments[:3], state)
 
-    return parameter_reduce
-
-
-class WeakrefFreeDict(dict):  # type: ignore[type-arg]
-    """A dict of tensors that pickles (and deep-copies) as a plain dict in which
-    tensors carrying pyro's weakref are replaced by twins without it; a shallow
-    copy, and everything else, sees the live tensors themselves."""
-
-    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        items = [(key, _weakref_free_twin(value)) for key, value in self.items()]
-        return dict, (), None, None, iter(items)
-
-    def __copy__(self) -> dict[Any, Any]:
-        return dict(self)
+    return drop_weakref
 
 
-def _weakref_free_twin(tensor: Any) -> Any:
-    import torch
+def make_safe_load(original: Callable[..., Any], patch: Patch) -> Wrapper:
+    from ._loading import make_safe_load
 
-    attributes = getattr(tensor, "__dict__", None)
-    if type(tensor) is not torch.Tensor or not _has_weakref(attributes):
-        return tensor  # Parameters: see make_parameter_reduce
-    twin = tensor.detach().requires_grad_(tensor.requires_grad)  # same storage
-    twin.__dict__.update(_without_weakref(attributes))  # type: ignore[arg-type]
-    return twin
+    return make_safe_load(original, patch)
 
 
 WRAPPERS: dict[str, Callable[[Callable[..., Any], Patch], Wrapper]] = {
     "copy_on_serialize": make_copy_on_serialize,
     "adopt_children": make_adopt_children,
     "adopt_groups": make_adopt_groups,
-    "parameter_reduce": make_parameter_reduce,
+    "drop_weakref": make_drop_weakref,
+    "safe_load": make_safe_load,
 }

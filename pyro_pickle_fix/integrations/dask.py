@@ -1,10 +1,10 @@
-"""Distributed engines that serialize Pyro objects their own way.
+"""Dask, which serializes Pyro objects its own way.
 
 Dask's ``dask`` serializer family has a generic serializer for every
 ``torch.nn.Module`` that walks ``__dict__`` directly, past ``__getstate__``: it
 never reaches the copy-on-serialize wrappers, logs errors on pyro's weakrefs and
 fails outright on an ``AutoGuideList``.  The ``dask_pickle`` entry of
-:data:`pyro_pickle_fix.patches.PATCHES` registers Pyro modules with a ``dask``
+:data:`pyro_pickle_fix._targets.PATCHES` registers Pyro modules with a ``dask``
 serializer that declines (``NotImplementedError``), so Dask falls back to its
 ``pickle`` family, which goes through the wrappers.  Nothing here imports
 distributed: the entry is applied when ``distributed`` has imported it.

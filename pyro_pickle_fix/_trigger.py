@@ -79,7 +79,7 @@ def activation_requested() -> bool:
 
 
 def _patch(module: "ModuleType") -> None:
-    from .patching import patch
+    from ._patcher import patch
 
     patch()
 

@@ -12,6 +12,8 @@ import os
 import sys
 import sysconfig
 
+from .errors import InstallError
+
 BEGIN = "# >>> pyro-pickle-fix >>>"
 END = "# <<< pyro-pickle-fix <<<"
 _META = "# pyro-pickle-fix-install: created={created} newline={newline}\n"
@@ -39,10 +41,6 @@ except Exception as _pyro_pickle_fix_error:
     del _pyro_pickle_fix_error
 {END}
 """
-
-
-class InstallError(Exception):
-    """Start-up activation could not be changed; the message says what to do."""
 
 
 def default_directory() -> str:

@@ -1,8 +1,7 @@
-"""What pyro-pickle-fix patches: one entry per serialization method that changes
-the live object it serializes.
+"""What pyro-pickle-fix patches: one entry per method that corrupts the live object
+it serializes (or loads what it should not), with the pyro-ppl releases that need it.
 
-This module is read at interpreter start-up (it tells the import trigger which
-modules to watch), so it imports nothing beyond the standard library's core.
+Loaded when pyro is imported (or the API is used); standard library only.
 """
 
 from __future__ import annotations
@@ -18,53 +17,71 @@ KNOWN_PYRO: tuple[Version, Version] = ((1, 8, 6), (1, 9, 2))
 
 
 class Bug:
-    """One way a serialization method corrupts the live object, and where it happens."""
+    """One way stock pyro-ppl corrupts the live object or a file, and where it happens."""
 
-    __slots__ = ("pyro_max", "python_min", "summary")
+    __slots__ = ("pyro_max", "pyro_min", "python_min", "summary", "torch_max", "torch_min")
 
     def __init__(
         self,
         summary: str,
         *,
         pyro_max: Version | None = None,
+        pyro_min: Version | None = None,
         python_min: Version | None = None,
+        torch_min: Version | None = None,
+        torch_max: Version | None = None,
     ) -> None:
         self.summary = summary
-        #: Last pyro-ppl release with the bug; None: every known release has it.
+        #: First and last pyro-ppl release with the bug; None: every known release.
+        self.pyro_min = pyro_min
         self.pyro_max = pyro_max
         #: First Python with the bug; None: every Python has it.
         self.python_min = python_min
+        #: First and last torch (major, minor) with the bug; None: every torch.
+        self.torch_min = torch_min
+        self.torch_max = torch_max
 
-    def present(self, pyro: Version, python: Version) -> bool | None:
-        """Whether this bug is in that pyro-ppl on that Python; None if pyro is unknown."""
+    def present(self, pyro: Version, python: Version, torch: Version | None = None) -> bool | None:
+        """Whether this bug is in that pyro-ppl on that Python and torch; None if
+        pyro is unknown (or torch is, where the bug depends on it)."""
         if self.python_min is not None and python < self.python_min:
             return False
         if self.pyro_max is not None and pyro > self.pyro_max:
             return False
+        if self.pyro_min is not None and pyro[:3] < self.pyro_min:
+            return False
+        if self.torch_min is not None or self.torch_max is not None:
+            if torch is None:
+                return None
+            if self.torch_min is not None and torch[:2] < self.torch_min:
+                return False
+            if self.torch_max is not None and torch[:2] > self.torch_max:
+                return False
         if not KNOWN_PYRO[0] <= pyro[:3] <= KNOWN_PYRO[1]:
             return None
         return True
 
 
 class Patch:
-    """One wrapped serialization method.
+    """One wrapped method.
 
     ``target`` is ``"module:Owner.attribute"`` (or ``"module:function"``); it is
     wrapped once ``trigger`` (default: the target's module) has been imported.
-    ``kind`` names the wrapper in :mod:`pyro_pickle_fix.serialize`, or is
-    ``"dask_pickle"``: a registration in an engine's serializer registry
-    (:mod:`pyro_pickle_fix.engines`) instead of a wrapper.
+    ``kind`` names the wrapper in :mod:`pyro_pickle_fix._wrappers`, or is
+    ``"dask_pickle"``: a registration in Dask's serializer registry
+    (:mod:`pyro_pickle_fix.integrations.dask`) instead of a wrapper.
     """
 
     __slots__ = (
+        "added",
         "alive",
         "bugs",
         "hide",
         "kind",
         "leaf_tensors",
+        "snapshot",
         "target",
         "trigger",
-        "weakref_free",
     )
 
     def __init__(
@@ -75,26 +92,33 @@ class Patch:
         kind: str = "copy_on_serialize",
         trigger: str | None = None,
         hide: Mapping[str, str] | None = None,
+        snapshot: tuple[str, ...] = (),
         alive: tuple[str, ...] = (),
         leaf_tensors: bool = False,
-        weakref_free: tuple[str, ...] = (),
+        added: bool = False,
     ) -> None:
         self.target = target
         self.bugs = bugs
         self.kind = kind
         self.trigger = trigger or self.module
-        #: Attributes emptied on the private copy while the original runs, each
-        #: mapped to the state key that then gets the live value back.
+        #: Registries emptied on the private copy while the original runs (its loop
+        #: over them would change live objects), each mapped to the state key that
+        #: then gets the live registry back (or a copy, where the original copied it).
         self.hide = dict(hide or {})
+        #: Containers that training changes in place: the state gets a copy taken
+        #: in one step, so a save running beside a training thread never iterates
+        #: one while it changes.  Everything else in the state is the live object,
+        #: as stock pyro writes it.
+        self.snapshot = snapshot
         #: Weakref attributes that the original turns into strong references:
         #: a dead one is an error at save time, not at load time.
         self.alive = alive
         #: Non-leaf tensors in the state become leaves with the same data and
         #: requires_grad: what pickle writes for them, and what deepcopy can copy.
         self.leaf_tensors = leaf_tensors
-        #: State keys whose dict of tensors gets a pickled form without pyro's
-        #: weakref in the tensors' state (the live tensors keep it).
-        self.weakref_free = weakref_free
+        #: The class does not define the method: it gets one (calling the inherited
+        #: method through the wrapper) while patched, and loses it on unpatch().
+        self.added = added
 
     @property
     def module(self) -> str:
@@ -113,9 +137,10 @@ class Patch:
     def dotted(self) -> str:
         return self.target.replace(":", ".")
 
-    def needed(self, pyro: Version, python: Version) -> bool | None:
-        """Whether that pyro-ppl on that Python has a bug this patch fixes (None: unknown)."""
-        answers = [bug.present(pyro, python) for bug in self.bugs]
+    def needed(self, pyro: Version, python: Version, torch: Version | None = None) -> bool | None:
+        """Whether that pyro-ppl on that Python and torch has a bug this patch fixes
+        (None: unknown)."""
+        answers = [bug.present(pyro, python, torch) for bug in self.bugs]
         if True in answers:
             return True
         return None if None in answers else False
@@ -125,6 +150,7 @@ class Patch:
 
 
 PY311 = (3, 11)  # object.__getstate__ exists from 3.11 on and returns the live __dict__
+WEIGHTS_ONLY_DEFAULT = (2, 6)  # torch.load's weights_only defaults to True from here on
 
 PATCHES: tuple[Patch, ...] = (
     Patch(
@@ -150,13 +176,18 @@ PATCHES: tuple[Patch, ...] = (
         "pyro.nn.module:PyroModule.__getstate__",
         (
             # torch pickles a tensor's __dict__, and pyro keeps a weakref in it; the
-            # Parameter.__reduce_ex__ patch leaves it out of what is written instead.
+            # __reduce_ex__ patches below leave it out of what is written instead.
             Bug(
                 "pops the 'unconstrained' weakref from every live Parameter: held "
                 "handles fail on .unconstrained() and a training thread races the save"
             ),
         ),
         hide={"_parameters": "_parameters", "_modules": "_modules"},
+        # An EasyGuide (no __getstate__ of its own: this is its outermost one) clears
+        # and refills its plate cache on every call.  An AutoGuide's plates are not
+        # snapshotted: an AutoGuideList's children share their master's dict, and
+        # the stream must say so, as stock's does.
+        snapshot=("plates",),
     ),
     Patch(
         "pyro.infer.autoguide.guides:AutoGuide.__getstate__",
@@ -180,19 +211,17 @@ PATCHES: tuple[Patch, ...] = (
         kind="adopt_children",
     ),
     Patch(
-        "torch.nn.modules.module:Module.__setstate__",
+        "pyro.contrib.easyguide.easyguide:EasyGuide.__setstate__",
         (
-            # EasyGuide has no __setstate__ of its own.  copy.copy shares its Groups,
-            # which point at the original guide: the copy runs through the
-            # original's groups and plate cache (with the fix, which gives the copy
-            # its own containers, it fails with "duplicate plate").
+            # EasyGuide has no __setstate__ of its own (torch.nn.Module's runs); it
+            # gets one only while patched, so no other module pays for the repair.
             Bug(
                 "copy.copy of an EasyGuide shares its Groups, still bound to the "
-                "original guide: the copy runs through the original's state"
+                "original guide: the copy runs through the original's groups"
             ),
         ),
         kind="adopt_groups",
-        trigger="pyro.contrib.easyguide.easyguide",
+        added=True,
     ),
     Patch(
         "pyro.params.param_store:ParamStoreDict.get_state",
@@ -203,7 +232,28 @@ PATCHES: tuple[Patch, ...] = (
             ),
         ),
         hide={"_params": "params"},
-        weakref_free=("params",),
+    ),
+    Patch(
+        "pyro.params.param_store:ParamStoreDict.load",
+        (
+            Bug(
+                "fails on every file with a constrained parameter: torch >= 2.6 loads "
+                "weights-only, and pyro's constraint classes are not allowed",
+                pyro_max=(1, 9, 1),
+                torch_min=WEIGHTS_ONLY_DEFAULT,
+            ),
+            Bug(
+                "loads with weights_only=False: a param-store file runs whatever code it holds",
+                pyro_min=(1, 9, 2),
+            ),
+            Bug(
+                "loads with torch.load's default, weights_only=False before torch 2.6: "
+                "a param-store file runs whatever code it holds",
+                pyro_max=(1, 9, 1),
+                torch_max=(2, 5),
+            ),
+        ),
+        kind="safe_load",
     ),
     Patch(
         "pyro.poutine.guide:GuideMessenger.__getstate__",
@@ -241,15 +291,26 @@ PATCHES: tuple[Patch, ...] = (
             # The other half of the PyroModule fix: torch writes a Parameter's
             # __dict__, so the weakref pyro keeps there is left out of what is written
             # instead of being popped from the live Parameter.  Parameters without it
-            # are written exactly as before.  (Only Parameters: a hook on every tensor
-            # would cost ~0.5 us per tensor saved; the param store's plain tensors are
-            # handled by its own entry.)
+            # are written exactly as before.
             Bug(
                 "a Parameter carrying pyro's 'unconstrained' weakref cannot be pickled "
                 "unless pyro first pops it from the live Parameter"
             ),
         ),
-        kind="parameter_reduce",
+        kind="drop_weakref",
+        trigger="pyro.params.param_store",
+    ),
+    Patch(
+        "torch._tensor:Tensor.__reduce_ex__",
+        (
+            # The same for plain tensors: a pyro.param() value, alone, in a dict or held
+            # by a user's object, and the param store's own tensors.
+            Bug(
+                "a pyro.param() value cannot be pickled or torch.saved: "
+                "'cannot pickle 'weakref.ReferenceType' object'"
+            ),
+        ),
+        kind="drop_weakref",
         trigger="pyro.params.param_store",
     ),
     Patch(
