@@ -1,0 +1,230 @@
+"""Invisible except for the bug: the fix writes byte for byte what stock pyro
+writes, and leaves everything that is not Pyro's as torch has it."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from guides import build
+from support import run_json
+
+import pyro_pickle_fix
+from pyro_pickle_fix import _patcher
+
+TESTS = Path(__file__).parent
+
+
+def written(fix: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO_PICKLE_FIX")}
+    env.update(PYRO_PICKLE_FIX="1" if fix else "0", PYTHONHASHSEED="0")
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "bytes_written.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_every_object_along_every_path_is_written_as_stock_writes_it():
+    stock, fixed = written(False), written(True)
+    assert stock.keys() == fixed.keys()
+    assert len(stock) == 16 * 5 + 1  # every object x pickle 2-5 and torch.save, and save()
+    cannot = {key: value for key, value in stock.items() if value.startswith("cannot write")}
+    assert cannot == {}, cannot  # stock writes each of these objects (and mutates its twin)
+    different = [key for key in stock if stock[key] != fixed[key]]
+    assert different == []
+
+
+class HoldsGroups(torch.nn.Module):
+    """A plain module with an attribute named like EasyGuide's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 3)
+        self.groups = {"a": torch.nn.Linear(3, 3), "b": [1, 2]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.groups["a"](x)
+
+
+def _plain_models() -> dict[str, torch.nn.Module]:
+    deep = torch.nn.Sequential(
+        *[torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh()) for _ in range(33)]
+    )
+    return {
+        "grouped Conv2d": torch.nn.Conv2d(4, 4, 3, groups=2),
+        "a module holding a dict named groups": HoldsGroups(),
+        "a ~100-module model": deep,
+    }
+
+
+INPUTS = {
+    "grouped Conv2d": torch.ones(1, 4, 5, 5),
+    "a module holding a dict named groups": torch.ones(2, 3),
+    "a ~100-module model": torch.ones(2, 4),
+}
+
+
+def _through(path: str, module: torch.nn.Module) -> tuple[bytes, torch.nn.Module]:
+    if path == "torch.save":
+        buffer = io.BytesIO()
+        torch.save(module, buffer)
+        data = buffer.getvalue()
+        return data, torch.load(io.BytesIO(data), weights_only=False)
+    copied = copy.deepcopy(module) if path == "deepcopy" else copy.copy(module)
+    return b"", copied
+
+
+@pytest.mark.parametrize("path", ["deepcopy", "copy", "torch.save"])
+def test_plain_torch_modules_are_untouched_by_the_fix(path):
+    import pyro.contrib.easyguide  # noqa: F401  (armed everything there is)
+
+    assert vars(torch.nn.Module)["__setstate__"].__module__ == "torch.nn.modules.module"
+    assert not hasattr(vars(torch.nn.Module)["__setstate__"], "__wrapped__")
+    results = {}
+    for fix in (True, False):
+        if not fix:
+            pyro_pickle_fix.unpatch()
+        try:
+            torch.manual_seed(0)
+            models = _plain_models()
+            results[fix] = {}
+            for name, module in models.items():
+                data, result = _through(path, module)
+                shared = [result.__dict__[k] is module.__dict__[k] for k in module.__dict__]
+                results[fix][name] = (
+                    data,
+                    result(INPUTS[name]).detach(),
+                    sorted(vars(result)),
+                    shared,
+                )
+        finally:
+            pyro_pickle_fix.patch()
+    for name in results[True]:
+        with_fix, without = results[True][name], results[False][name]
+        # torch.save's bytes hold a random record: the next test compares the rest.
+        assert with_fix[0] == without[0] or path == "torch.save", name
+        assert torch.equal(with_fix[1], without[1]), name
+        assert with_fix[2:] == without[2:], name
+
+
+def test_torch_save_of_plain_modules_writes_the_same_records():
+    from bytes_written import _zip_digest
+
+    digests = {}
+    for fix in (True, False):
+        if not fix:
+            pyro_pickle_fix.unpatch()
+        try:
+            torch.manual_seed(0)
+            digests[fix] = {}
+            for name, module in _plain_models().items():
+                buffer = io.BytesIO()
+                torch.save(module, buffer)
+                digests[fix][name] = _zip_digest(buffer.getvalue())
+        finally:
+            pyro_pickle_fix.patch()
+    assert digests[True] == digests[False]
+
+
+def test_setstate_wrappers_accept_the_state_as_a_keyword():
+    _, guide, _ = build("AutoGuideList")
+    state = guide.__getstate__()
+    fresh = object.__new__(type(guide))
+    fresh.__setstate__(state=state)
+    assert all(
+        child.master() is fresh
+        for child in fresh.modules()
+        if child is not fresh and hasattr(child, "master")
+    )
+    _, easy, easy_kwargs = build("EasyGuide")
+    other = object.__new__(type(easy))
+    other.__setstate__(state=easy.__getstate__())
+    assert all(group.guide is other for group in other.groups.values())
+    other(**easy_kwargs)
+
+
+def test_copy_copy_shares_what_stock_shares():
+    # As stock's shallow copy: the same registries and plate caches as the original.
+    _, guide, _ = build("AutoNormal")
+    shallow = copy.copy(guide)
+    for name in ("_parameters", "_modules", "_buffers", "plates"):
+        assert shallow.__dict__[name] is guide.__dict__[name], name
+    assert shallow.__dict__["_model"] is None  # stock's state drops the model for pickling
+    assert guide.model is not None
+
+
+def test_copy_copy_of_a_parameter_keeps_pyros_weakref_as_stock_does():
+    found = run_json(
+        "import copy, json, weakref, torch, pyro\n"
+        "p = torch.nn.Parameter(torch.zeros(2)); p.unconstrained = weakref.ref(p)\n"
+        "x = pyro.param('x', torch.zeros(2))\n"
+        "print(json.dumps([copy.copy(p).unconstrained() is p, copy.copy(x).unconstrained() is x]))",
+        fix=None,
+    )
+    stock = run_json(
+        "import copy, json, weakref, torch, pyro\n"
+        "p = torch.nn.Parameter(torch.zeros(2)); p.unconstrained = weakref.ref(p)\n"
+        "x = pyro.param('x', torch.zeros(2))\n"
+        "print(json.dumps([copy.copy(p).unconstrained() is p, copy.copy(x).unconstrained() is x]))",
+        fix=False,
+    )
+    assert found == stock == [True, True]
+
+
+def test_is_patched_and_status_change_nothing():
+    found = run_json(
+        "import json, sys, pyro_pickle_fix\n"
+        "from pyro_pickle_fix import _patcher\n"
+        "answers = [pyro_pickle_fix.is_patched(), pyro_pickle_fix.status().active]\n"
+        "print(json.dumps([answers, _patcher._armed, _patcher._applied == {},"
+        " 'pyro' in sys.modules, 'wrapt' in sys.modules]))",
+        fix=None,
+    )
+    assert found == [[True, True], False, True, False, False]
+
+
+def test_unpatch_reports_a_wrapper_someone_put_on_top_of_ours():
+    import wrapt
+    from pyro.infer.autoguide.guides import AutoGuide
+
+    ours = vars(AutoGuide)["__getstate__"]
+    outer = wrapt.FunctionWrapper(
+        ours, lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs)
+    )
+    AutoGuide.__getstate__ = outer
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pyro_pickle_fix.unpatch()
+        messages = [
+            str(w.message) for w in caught if w.category is pyro_pickle_fix.PyroPickleFixWarning
+        ]
+        assert len(messages) == 1, messages
+        assert "could not unpatch pyro.infer.autoguide.guides.AutoGuide.__getstate__" in messages[0]
+        rows = {row.target: row for row in pyro_pickle_fix.status().targets}
+        row = rows["pyro.infer.autoguide.guides.AutoGuide.__getstate__"]
+        assert row.wrapped is True and "could not remove it" in row.note
+        assert vars(AutoGuide)["__getstate__"] is outer  # theirs is left in place
+        assert not pyro_pickle_fix.is_patched()
+    finally:
+        AutoGuide.__getstate__ = ours.__wrapped__
+        _patcher._applied.pop("pyro.infer.autoguide.guides:AutoGuide.__getstate__", None)
+        _patcher._skipped.clear()
+        pyro_pickle_fix.patch()
+    assert pyro_pickle_fix.is_patched()
+    assert pyro.get_param_store() is not None
