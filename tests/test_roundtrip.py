@@ -53,17 +53,17 @@ def test_param_store_save_then_load(tmp_path, fix):
 
 
 def test_loaded_store_has_the_values_and_constraints_and_trains(tmp_path):
-    model_fn, guide, kwargs = build("AutoNormal")
+    model_fn, _guide, kwargs = build("AutoNormal")
     pyro.param("positive", torch.ones(2), constraint=torch.distributions.constraints.positive)
     store = pyro.get_param_store()
-    values = {name: store[name].detach().clone() for name in store.keys()}
+    values = {name: store[name].detach().clone() for name in store}
     constraints = {name: type(c) for name, c in store._constraints.items()}
     path = tmp_path / "params.pt"
     store.save(path)
     pyro.clear_param_store()
     store.load(path, map_location="cpu")
-    assert {name: store[name].detach() for name in store.keys()}.keys() == values.keys()
-    assert_same_tensors({name: store[name].detach() for name in store.keys()}, values)
+    assert {name: store[name].detach() for name in store}.keys() == values.keys()
+    assert_same_tensors({name: store[name].detach() for name in store}, values)
     assert {name: type(c) for name, c in store._constraints.items()} == constraints
     fresh = pyro.infer.autoguide.AutoNormal(model_fn)
     fresh(**kwargs)  # takes its parameters from the loaded store
@@ -242,7 +242,7 @@ def test_files_written_with_the_fix_load_where_it_is_not_installed(tmp_path):
     import subprocess
     import sys
 
-    model_fn, guide, kwargs = build("AutoNormal")
+    _model_fn, guide, _kwargs = build("AutoNormal")
     values = _param_values()
     torch.save(guide, tmp_path / "guide.pt")
     pyro.get_param_store().save(tmp_path / "store.pt")
@@ -267,7 +267,8 @@ def test_files_written_with_the_fix_load_where_it_is_not_installed(tmp_path):
         "sample = guide()\n"
         f"values = torch.load({str(tmp_path / 'values.pt')!r}, weights_only=False)\n"
         f"state = torch.load({str(tmp_path / 'store.pt')!r}, weights_only=False)\n"
-        "print(json.dumps({'sites': sorted(sample), 'values': {k: v.tolist() for k, v in values.items()},"
+        "values = {k: v.tolist() for k, v in values.items()}\n"
+        "print(json.dumps({'sites': sorted(sample), 'values': values,"
         " 'params': sorted(state['params'])}))"
     )
     done = subprocess.run(
