@@ -77,7 +77,7 @@ def test(args: list[str]) -> int:
 def matrix(args: list[str]) -> int:
     nox = str(VENV / "bin" / "nox")
     env = interpreters_on_path()
-    for stale in glob.glob(str(ROOT / ".nox" / "torch-py*.lock")):
+    for stale in glob.glob(str(ROOT / ".nox" / "torch-*.lock")):
         os.rmdir(stale)  # left by an interrupted run
     # torch for every Python (~1-2 minutes of download each) is built by a second
     # nox process while the first runs the cells that already have theirs.

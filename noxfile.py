@@ -5,9 +5,10 @@ and the wheel that every other session installs), ``startup`` on every Python,
 ``tests`` on every cell, and ``engines``.  (``python3 dev.py test`` runs the
 linters and the suite in ``.venv``, without nox.)
 
-torch is always pinned to 2.13.0 (an unpinned torch is a multi-GB CUDA build of
-whatever is newest) and installed once per Python into ``.nox/torch-pyX.Y``;
-each cell sees it through a ``.pth`` file instead of installing its own.
+torch is always pinned (an unpinned torch is a multi-GB CUDA build of whatever
+is newest): each Python has its own torch, from the oldest the package supports
+to the newest, installed once into ``.nox/torch-VERSION-pyX.Y``; each cell sees
+it through a ``.pth`` file instead of installing its own.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["release", "startup", "tests", "engines"]
 
-TORCH = "torch==2.13.0"
+#: Python -> the torch its cells run.  2.0.1: the oldest torch pyproject allows
+#: (pyro-ppl 1.9 needs 2.0); 2.5.1: the last before torch.load defaulted to
+#: weights_only=True; 2.13.0: a local CPU wheel on 3.11; 2.15.0: the newest.
+TORCH = {"3.10": "2.0.1", "3.11": "2.13.0", "3.12": "2.5.1", "3.13": "2.15.0"}
+#: What a torch needs beside it: torch 2.0 was built against NumPy 1.
+TORCH_EXTRAS = {"2.0.1": ["numpy<2"]}
 WRAPT = {"1.17": "wrapt>=1.17,<1.18", "2": "wrapt>=2,<3"}
 #: Every Python we support; pyproject's requires-python and classifiers must agree.
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
@@ -44,10 +50,29 @@ CELLS = [
     ("3.13", "1.9.1", "2"),
     ("3.13", "1.9.2", "2"),
 ]
-ENGINES_PYRO = ["1.9.1", "1.9.2"]
+#: (Python, pyro-ppl): the engines on the torch we test most, and on the newest.
+ENGINE_CELLS = [("3.11", "1.9.1"), ("3.11", "1.9.2"), ("3.13", "1.9.2")]
 ENGINES = ["ray==2.60.0", "dask[distributed]==2026.8.0"]
 RESULTS = os.path.join(".nox", "results")
 DIST = os.path.join(".nox", "dist")
+
+
+# pyro.get_param_store().save() then load(), for the compatibility table.
+PARAM_STORE_LOAD = """
+import json, os, tempfile, torch, pyro, pyro_pickle_fix
+pyro.param("p", torch.ones(2), constraint=torch.distributions.constraints.positive)
+path = os.path.join(tempfile.mkdtemp(), "p.pt")
+pyro.get_param_store().save(path)
+pyro.clear_param_store()
+rows = {row.target: row for row in pyro_pickle_fix.status().targets}
+safe = rows["pyro.params.param_store.ParamStoreDict.load"].wrapped
+try:
+    pyro.get_param_store().load(path)
+    said = "loads, weights-only" if safe else "loads, trusting the file"
+except Exception as error:
+    said = "fails: " + type(error).__name__
+print(json.dumps(said))
+"""
 
 
 def _cell_id(python: str, pyro: str, wrapt: str) -> str:
@@ -61,14 +86,16 @@ def _site_packages(session: nox.Session, python: str = "python") -> str:
 
 
 def share_torch(session: nox.Session) -> None:
-    """Give the session's venv torch==2.13.0 from a per-Python environment, made
-    once (a CUDA build of ~4.8 GB on Pythons without a local CPU wheel).
+    """Give the session's venv its Python's torch (:data:`TORCH`) from a
+    per-Python environment, made once (a CUDA build of 3-5 GB on Pythons without
+    a local CPU wheel).
 
     ``python3 dev.py matrix`` builds these in a second nox process (the ``torch``
     session) while the first runs cells; a lock directory makes exactly one
     process build each, and the other wait for it.
     """
-    base = os.path.abspath(os.path.join(".nox", f"torch-py{session.python}"))
+    version = TORCH[str(session.python)]
+    base = os.path.abspath(os.path.join(".nox", f"torch-{version}-py{session.python}"))
     base_python = os.path.join(base, "bin", "python")
     done = os.path.join(base, ".torch-installed")
     lock = base + ".lock"
@@ -81,12 +108,15 @@ def share_torch(session: nox.Session) -> None:
             continue
         try:
             session.run("python", "-m", "venv", "--clear", base)  # the session's Python
-            session.run(base_python, "-m", "pip", "install", "-q", TORCH, external=True)
+            wanted = [f"torch=={version}", *TORCH_EXTRAS.get(version, [])]
+            # The machine's pip configuration caps torch below the newest release.
+            env = {"PIP_CONSTRAINT": os.devnull}
+            session.run(base_python, "-m", "pip", "install", "-q", *wanted, external=True, env=env)
             open(done, "w").close()
         finally:
             os.rmdir(lock)
     site = _site_packages(session, base_python)
-    with open(os.path.join(_site_packages(session), "_torch_2_13.pth"), "w") as file:
+    with open(os.path.join(_site_packages(session), "_shared_torch.pth"), "w") as file:
         file.write(site + "\n")
 
 
@@ -115,7 +145,7 @@ def release(session: nox.Session) -> None:
     session.run("python", "-m", "build", "--outdir", DIST, ".")
     session.run("twine", "check", "--strict", *glob.glob(os.path.join(DIST, "*")))
     session.run("python", "tools/check_dist.py", DIST)
-    session.install(TORCH, "pyro-ppl==1.9.2", wheel())
+    session.install(f"torch=={TORCH['3.11']}", "pyro-ppl==1.9.2", wheel())
     session.run("pyro-pickle-fix", "check")
     session.run("python", "-m", "pyro_pickle_fix", "check")
 
@@ -163,15 +193,22 @@ def tests(session: nox.Session, pyro: str, wrapt: str) -> None:
     outcome = session.run(
         "python", "-m", "pyro_pickle_fix", "check", "--json", silent=True, success_codes=[0, 1]
     )
+    found = json.loads(str(outcome).strip().splitlines()[-1])
+    for side, fix in (("param_store_stock", "0"), ("param_store_fixed", "1")):
+        said = session.run(
+            "python", "-c", PARAM_STORE_LOAD, silent=True, env={"PYRO_PICKLE_FIX": fix}
+        )
+        found[side] = json.loads(str(said).strip().splitlines()[-1])
     with open(f"{result}.json", "w") as file:
-        json.dump(json.loads(str(outcome).strip().splitlines()[-1]), file)
+        json.dump(found, file)
 
 
-@nox.session(python="3.11")
-@nox.parametrize("pyro", ENGINES_PYRO)
+@nox.session
+@nox.parametrize("python,pyro", ENGINE_CELLS, ids=[f"py{p}-pyro{v}" for p, v in ENGINE_CELLS])
 def engines(session: nox.Session, pyro: str) -> None:
     """Real Ray and Dask clusters and multiprocessing pools shipping guides."""
-    session.install(TORCH, f"pyro-ppl=={pyro}", WRAPT["2"], f"{wheel()}[test]", *ENGINES)
+    share_torch(session)
+    session.install(f"pyro-ppl=={pyro}", WRAPT["2"], f"{wheel()}[test]", *ENGINES)
     session.run(
         "pytest",
         "-p",

@@ -111,3 +111,25 @@ def test_the_dist_check_fails_on_a_wheel_without_py_typed_or_a_module(tmp_path):
     assert "wheel lacks the console script pyro-pickle-fix" in found
     assert "sdist pyro_pickle_fix-0.0.0 lacks tests/conftest.py" in found
     assert "wheel lacks pyro_pickle_fix/__init__.py" not in found
+
+
+def _noxfile_constant(name: str):
+    tree = ast.parse((ROOT / "noxfile.py").read_text())
+    for node in tree.body:
+        target = (
+            node.target if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [None])[0]
+        )
+        if getattr(target, "id", "") == name:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"noxfile.py has no {name}")
+
+
+def test_declared_dependency_bounds_are_what_the_matrix_tests():
+    text = (ROOT / "pyproject.toml").read_text()
+    torch = sorted(tuple(map(int, v.split("."))) for v in _noxfile_constant("TORCH").values())
+    pyros = sorted({tuple(map(int, cell[1].split("."))) for cell in _noxfile_constant("CELLS")})
+    wrapts = sorted(tuple(map(int, v.split("."))) for v in _noxfile_constant("WRAPT"))
+    low, high = torch[0], torch[-1]
+    assert f'"torch>={low[0]}.{low[1]},<{high[0]}.{high[1] + 1}"' in text
+    assert f'"pyro-ppl>={".".join(map(str, pyros[0]))},<{pyros[-1][0]}.{pyros[-1][1] + 1}"' in text
+    assert f'"wrapt>={wrapts[0][0]}.{wrapts[0][1]},<{wrapts[-1][0] + 1}"' in text
