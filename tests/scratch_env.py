@@ -60,8 +60,9 @@ def link_dependencies(into: Path) -> Path:
     return into
 
 
-def make_env(root: Path, wheel: Path, dependencies: Path) -> tuple[str, Path]:
-    """A new environment at ``root`` with the wheel installed; (python, site-packages)."""
+def bare_env(root: Path, dependencies: Path, *extra: Path) -> tuple[str, Path]:
+    """A new environment at ``root`` that sees ``dependencies`` (and ``extra``
+    directories) but not this package; (python, site-packages)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     python = str(root / "bin" / "python")
     site = Path(
@@ -72,7 +73,13 @@ def make_env(root: Path, wheel: Path, dependencies: Path) -> tuple[str, Path]:
             check=True,
         ).stdout.strip()
     )
-    (site / "_test_dependencies.pth").write_text(f"{dependencies}\n")
+    (site / "_test_dependencies.pth").write_text("".join(f"{p}\n" for p in (dependencies, *extra)))
+    return python, site
+
+
+def make_env(root: Path, wheel: Path, dependencies: Path) -> tuple[str, Path]:
+    """A new environment at ``root`` with the wheel installed; (python, site-packages)."""
+    python, site = bare_env(root, dependencies)
     subprocess.run(
         [
             sys.executable,

@@ -79,6 +79,20 @@ INPUTS = {
 }
 
 
+def with_and_without_the_fix(work):
+    """{True: work(models), False: work(same-seed models)}, the fix on, then off."""
+    results = {}
+    for fix in (True, False):
+        if not fix:
+            pyro_pickle_fix.unpatch()
+        try:
+            torch.manual_seed(0)
+            results[fix] = work(_plain_models())
+        finally:
+            pyro_pickle_fix.patch()
+    return results
+
+
 def _through(path: str, module: torch.nn.Module) -> tuple[bytes, torch.nn.Module]:
     if path == "torch.save":
         buffer = io.BytesIO()
@@ -95,25 +109,16 @@ def test_plain_torch_modules_are_untouched_by_the_fix(path):
 
     assert vars(torch.nn.Module)["__setstate__"].__module__ == "torch.nn.modules.module"
     assert not hasattr(vars(torch.nn.Module)["__setstate__"], "__wrapped__")
-    results = {}
-    for fix in (True, False):
-        if not fix:
-            pyro_pickle_fix.unpatch()
-        try:
-            torch.manual_seed(0)
-            models = _plain_models()
-            results[fix] = {}
-            for name, module in models.items():
-                data, result = _through(path, module)
-                shared = [result.__dict__[k] is module.__dict__[k] for k in module.__dict__]
-                results[fix][name] = (
-                    data,
-                    result(INPUTS[name]).detach(),
-                    sorted(vars(result)),
-                    shared,
-                )
-        finally:
-            pyro_pickle_fix.patch()
+
+    def through_each(models: dict[str, torch.nn.Module]) -> dict[str, tuple]:
+        found = {}
+        for name, module in models.items():
+            data, result = _through(path, module)
+            shared = [result.__dict__[k] is module.__dict__[k] for k in module.__dict__]
+            found[name] = (data, result(INPUTS[name]).detach(), sorted(vars(result)), shared)
+        return found
+
+    results = with_and_without_the_fix(through_each)
     for name in results[True]:
         with_fix, without = results[True][name], results[False][name]
         # torch.save's bytes hold a random record: the next test compares the rest.
@@ -125,19 +130,15 @@ def test_plain_torch_modules_are_untouched_by_the_fix(path):
 def test_torch_save_of_plain_modules_writes_the_same_records():
     from bytes_written import _zip_digest
 
-    digests = {}
-    for fix in (True, False):
-        if not fix:
-            pyro_pickle_fix.unpatch()
-        try:
-            torch.manual_seed(0)
-            digests[fix] = {}
-            for name, module in _plain_models().items():
-                buffer = io.BytesIO()
-                torch.save(module, buffer)
-                digests[fix][name] = _zip_digest(buffer.getvalue())
-        finally:
-            pyro_pickle_fix.patch()
+    def digests_of(models: dict[str, torch.nn.Module]) -> dict[str, str]:
+        found = {}
+        for name, module in models.items():
+            buffer = io.BytesIO()
+            torch.save(module, buffer)
+            found[name] = _zip_digest(buffer.getvalue())
+        return found
+
+    digests = with_and_without_the_fix(digests_of)
     assert digests[True] == digests[False]
 
 

@@ -11,7 +11,7 @@ import pyro
 import pytest
 import torch
 from guides import build, train
-from scratch_env import link_dependencies
+from scratch_env import bare_env, link_dependencies
 from support import PYRO, assert_same_tensors, run_json
 
 import pyro_pickle_fix
@@ -240,25 +240,14 @@ def test_stock_cannot_pickle_a_pyro_param_value():
 
 def test_files_written_with_the_fix_load_where_it_is_not_installed(tmp_path):
     import subprocess
-    import sys
 
     _model_fn, guide, _kwargs = build("AutoNormal")
     values = _param_values()
     torch.save(guide, tmp_path / "guide.pt")
     pyro.get_param_store().save(tmp_path / "store.pt")
     torch.save(values, tmp_path / "values.pt")
-    env = tmp_path / "env"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
-    python = str(env / "bin" / "python")
-    site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    (Path(site) / "_deps.pth").write_text(
-        f"{link_dependencies(tmp_path / 'deps')}\n{Path(__file__).parent}\n"
-    )
+    deps = link_dependencies(tmp_path / "deps")
+    python, _ = bare_env(tmp_path / "env", deps, Path(__file__).parent)
     code = (
         "import importlib.util, json, torch, pyro\n"
         "assert importlib.util.find_spec('pyro_pickle_fix') is None\n"

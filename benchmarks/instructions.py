@@ -1,0 +1,154 @@
+"""What the fix costs, counted in instructions rather than timed.
+
+    .venv/bin/python benchmarks/instructions.py                # every case, as a table
+    .venv/bin/python benchmarks/instructions.py CASE N         # one run: set up, then N operations
+
+Each figure differences two runs under ``valgrind --tool=cachegrind
+--cache-sim=no`` that set up the same objects and then do the operation 0 and N
+times, so set-up and interpreter start cancel out; that is done with the fix on
+and off (``PYRO_PICKLE_FIX``), and the ratio of the per-operation counts is the
+fix's cost.  Counts do not depend on what else the machine is doing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+Case = Callable[[int], Callable[[], object]]
+
+
+def _tutorial_saves(n: int) -> Callable[[], object]:
+    import torch
+
+    from pyro_pickle_fix.diagnostics import tutorial
+
+    guides = [tutorial.trained_guide(seed)[0] for seed in range(n)]
+    return lambda: [torch.save(guide, io.BytesIO()) for guide in guides]
+
+
+def _auto_normal_saves(n: int) -> Callable[[], object]:
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from pyro.infer.autoguide import AutoNormal
+
+    def model() -> None:
+        for i in range(1000):
+            pyro.sample(f"z{i}", dist.Normal(0.0, 1.0))
+
+    guides = []
+    for _ in range(n):
+        guide = AutoNormal(model)
+        guide()
+        guides.append(guide)
+    return lambda: [torch.save(guide, io.BytesIO()) for guide in guides]
+
+
+def _plain_model() -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        *[torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh()) for _ in range(50)]
+    )
+
+
+def _plain_deepcopies(n: int) -> Callable[[], object]:
+    import copy
+
+    model = _plain_model()
+    return lambda: [copy.deepcopy(model) for _ in range(n)]
+
+
+def _plain_loads(n: int) -> Callable[[], object]:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(_plain_model(), buffer)
+    data = buffer.getvalue()
+    return lambda: [torch.load(io.BytesIO(data), weights_only=False) for _ in range(n)]
+
+
+def _tensor_saves(n: int) -> Callable[[], object]:
+    import torch
+
+    state = {f"t{i}": torch.full((4,), float(i)) for i in range(1000)}
+    return lambda: [torch.save(state, io.BytesIO()) for _ in range(n)]
+
+
+#: name -> (what one operation is, set-up returning the N operations, N)
+CASES: dict[str, tuple[str, Case, int]] = {
+    "tutorial-save": ("torch.save of a trained tutorial EasyGuide", _tutorial_saves, 8),
+    "autonormal-save": ("torch.save of an AutoNormal over 1,000 sites", _auto_normal_saves, 2),
+    "plain-deepcopy": ("copy.deepcopy of a plain 101-module torch model", _plain_deepcopies, 8),
+    "plain-load": ("torch.load of a plain 101-module torch model", _plain_loads, 8),
+    "tensors-save": ("torch.save of a dict of 1,000 plain tensors", _tensor_saves, 8),
+}
+
+
+def run_one(name: str, n: int) -> None:
+    import pyro.contrib.easyguide  # noqa: F401  (every target armed, as in a user's program)
+
+    import pyro_pickle_fix  # noqa: F401  (on or off by PYRO_PICKLE_FIX)
+
+    operations = CASES[name][1](n)
+    operations()
+
+
+def instructions(name: str, n: int, fix: bool) -> int:
+    env = dict(os.environ, PYRO_PICKLE_FIX="1" if fix else "0")
+    done = subprocess.run(
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            name,
+            str(n),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (count,) = re.findall(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    return int(count.replace(",", ""))
+
+
+def main(argv: list[str]) -> int:
+    if argv:
+        run_one(argv[0], int(argv[1]))
+        return 0
+    import platform
+
+    import pyro
+    import torch
+
+    print(
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"pyro-ppl {pyro.__version__}, {platform.machine()}; instructions per operation"
+    )
+    print("| operation | with the fix | without | with / without |")
+    print("|---|---|---|---|")
+    for name, (label, _, n) in CASES.items():
+        per = {}
+        for fix in (True, False):
+            per[fix] = (instructions(name, n, fix) - instructions(name, 0, fix)) / n
+        print(
+            f"| {label} | {per[True] / 1e6:,.2f} M | {per[False] / 1e6:,.2f} M "
+            f"| {per[True] / per[False]:.4f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

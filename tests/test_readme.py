@@ -1,0 +1,96 @@
+"""Every code block of the README, run as a new user would: ``pip install .`` from
+a clone into a fresh environment, then each command and each Python block in order."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from scratch_env import ROOT, bare_env, link_dependencies
+
+pytestmark = pytest.mark.slow
+
+FENCE = re.compile(r"^( *)```(\w+)\n(.*?)^\1```", re.M | re.S)
+
+
+def blocks() -> list[tuple[str, str]]:
+    """(language, code) of each fenced block, in order; ``text`` blocks are output."""
+    found = []
+    for match in FENCE.finditer((ROOT / "README.md").read_text()):
+        indent, language, code = match.groups()
+        code = "\n".join(line[len(indent) :] for line in code.splitlines())
+        found.append((language, code))
+    return found
+
+
+def test_the_readme_has_only_blocks_this_test_runs():
+    assert {language for language, _ in blocks()} == {"python", "sh", "text"}
+    assert sum(language != "text" for language, _ in blocks()) >= 6
+
+
+@pytest.mark.skipif(
+    not hasattr(torch.serialization, "safe_globals"),
+    reason="the README's load example uses torch.serialization.safe_globals (torch 2.5+)",
+)
+def test_every_readme_block_runs_in_order(tmp_path):
+    clone = tmp_path / "clone"  # a clone's files (an sdist has no .git to clone)
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info"))
+    env_dir = tmp_path / "env"
+    python, site = bare_env(env_dir, link_dependencies(tmp_path / "deps"))
+    work = tmp_path / "work"
+    work.mkdir()
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PYRO_PICKLE_FIX", "PYTHON"))
+    }
+    environment["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{environment['PATH']}"
+
+    def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    ran = []
+    # The user installs before running the example that opens the README.
+    ordered = sorted(blocks(), key=lambda block: "pip install ." not in block[1])
+    for language, code in ordered:
+        if language == "python":
+            first = code.splitlines()[0]
+            if re.fullmatch(r"# [\w]+\.py", first):  # a file the next commands use
+                (work / first[2:]).write_text(code)
+            else:
+                run([python, "-c", code], work)
+            ran.append(first)
+        elif language == "sh":
+            for line in code.splitlines():
+                if not line.strip() or line.startswith("#"):
+                    continue
+                words = shlex.split(line)
+                if words[0] == "pip":
+                    # pip itself is the host's, working on the new environment.
+                    words = [sys.executable, "-m", "pip", "--python", python, *words[1:]]
+                run(words, clone if words[-1] == "." else work)
+                ran.append(line)
+    assert "pip install ." in ran and "pyro-pickle-fix check" in ran
+    assert ran[-1] == "pip uninstall --yes pyro-pickle-fix"
+    assert not (site / "pyro_pickle_fix").exists()
+
+
+def test_the_opening_example_fails_without_the_fix():
+    from support import run_python
+
+    example = next(code for language, code in blocks() if language == "python")
+    stock = run_python(example, fix=False)
+    assert stock.returncode == 1
+    assert stock.stderr.strip().splitlines()[-1] == (
+        "TypeError: 'NoneType' object is not subscriptable"
+    )
+    assert run_python(example, fix=True).returncode == 0
