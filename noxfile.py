@@ -121,7 +121,8 @@ def share_torch(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("python", PYTHONS)
+# In the order the cells need them, so the first cell waits for one download only.
+@nox.parametrize("python", list(dict.fromkeys(cell[0] for cell in CELLS)))
 def torch(session: nox.Session) -> None:
     """Build the per-Python torch environment ahead of the cells that share it."""
     share_torch(session)
