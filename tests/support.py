@@ -22,7 +22,6 @@ PY311 = sys.version_info >= (3, 11)
 # Which installed versions have which bug: written out here, independently of the
 # package's own table, so that a wrong table fails these tests.
 GROUP_BUG = PY311 and PYRO <= (1, 9, 1)
-AUTOGUIDE_BUG = True  # every release from 1.8.6 to 1.9.2
 GUIDE_MESSENGER_BUG = PY311 and PYRO <= (1, 8, 6)
 
 
