@@ -134,12 +134,14 @@ def test_start_up_imports_nothing_heavy_and_honours_opt_out(venv):
     venv.cli("install")
     probe = (
         "import json, sys; fix = sys.modules.get('pyro_pickle_fix'); "
-        "print(json.dumps([sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'pyro', 'wrapt')), bool(fix and fix.status().active)]))"
+        "ours = sorted(m for m in sys.modules if m.startswith('pyro_pickle_fix')); "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pyro', 'wrapt')); "
+        "print(json.dumps([ours, heavy, bool(fix and fix.status().active)]))"
     )
-    assert json.loads(venv.run(probe, check=True).stdout) == [[], True]
+    started = ["pyro_pickle_fix", "pyro_pickle_fix._trigger"]  # the package and one module
+    assert json.loads(venv.run(probe, check=True).stdout) == [started, [], True]
     off = venv.run(probe, env={"PYRO_PICKLE_FIX": "0"}, check=True)
-    assert json.loads(off.stdout) == [[], False]
+    assert json.loads(off.stdout) == [started, [], False]
 
 
 def test_the_block_runs_once_even_if_reached_twice(venv):
