@@ -1,11 +1,11 @@
 """What the fix costs, counted in instructions rather than timed.
 
     .venv/bin/python benchmarks/instructions.py                # every case, as a table
-    .venv/bin/python benchmarks/instructions.py CASE N         # one run: set up, then N operations
+    .venv/bin/python benchmarks/instructions.py CASE COUNT     # set up, then COUNT operations
 
 Each figure differences two runs under ``valgrind --tool=cachegrind
---cache-sim=no`` that set up the same objects and then do the operation 0 and N
-times, so set-up and interpreter start cancel out; that is done with the fix on
+--cache-sim=no`` that set up the same N objects and then do the operation on 0
+or on all N of them, so set-up and interpreter start cancel out; that is done with the fix on
 and off (``PYRO_PICKLE_FIX``), and the ratio of the per-operation counts is the
 fix's cost.  Counts do not depend on what else the machine is doing.
 """
@@ -20,7 +20,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-Case = Callable[[int], Callable[[], object]]
+# set-up for N operations -> the operations (each called once)
+Case = Callable[[int], list[Callable[[], object]]]
 
 
 def _tutorial_saves(n: int) -> Callable[[], object]:
@@ -29,7 +30,7 @@ def _tutorial_saves(n: int) -> Callable[[], object]:
     from pyro_pickle_fix.diagnostics import tutorial
 
     guides = [tutorial.trained_guide(seed)[0] for seed in range(n)]
-    return lambda: [torch.save(guide, io.BytesIO()) for guide in guides]
+    return [lambda guide=guide: torch.save(guide, io.BytesIO()) for guide in guides]
 
 
 def _auto_normal_saves(n: int) -> Callable[[], object]:
@@ -47,7 +48,7 @@ def _auto_normal_saves(n: int) -> Callable[[], object]:
         guide = AutoNormal(model)
         guide()
         guides.append(guide)
-    return lambda: [torch.save(guide, io.BytesIO()) for guide in guides]
+    return [lambda guide=guide: torch.save(guide, io.BytesIO()) for guide in guides]
 
 
 def _plain_model() -> Any:
@@ -63,7 +64,7 @@ def _plain_deepcopies(n: int) -> Callable[[], object]:
     import copy
 
     model = _plain_model()
-    return lambda: [copy.deepcopy(model) for _ in range(n)]
+    return [lambda: copy.deepcopy(model)] * n
 
 
 def _plain_loads(n: int) -> Callable[[], object]:
@@ -72,14 +73,14 @@ def _plain_loads(n: int) -> Callable[[], object]:
     buffer = io.BytesIO()
     torch.save(_plain_model(), buffer)
     data = buffer.getvalue()
-    return lambda: [torch.load(io.BytesIO(data), weights_only=False) for _ in range(n)]
+    return [lambda: torch.load(io.BytesIO(data), weights_only=False)] * n
 
 
 def _tensor_saves(n: int) -> Callable[[], object]:
     import torch
 
     state = {f"t{i}": torch.full((4,), float(i)) for i in range(1000)}
-    return lambda: [torch.save(state, io.BytesIO()) for _ in range(n)]
+    return [lambda: torch.save(state, io.BytesIO())] * n
 
 
 #: name -> (what one operation is, set-up returning the N operations, N)
@@ -92,16 +93,18 @@ CASES: dict[str, tuple[str, Case, int]] = {
 }
 
 
-def run_one(name: str, n: int) -> None:
+def run_one(name: str, count: int) -> None:
+    """Set up the case's N objects, then do the operation on ``count`` of them."""
     import pyro.contrib.easyguide  # noqa: F401  (every target armed, as in a user's program)
 
     import pyro_pickle_fix  # noqa: F401  (on or off by PYRO_PICKLE_FIX)
 
-    operations = CASES[name][1](n)
-    operations()
+    _, setup, n = CASES[name]
+    for operation in setup(n)[:count]:
+        operation()
 
 
-def instructions(name: str, n: int, fix: bool) -> int:
+def instructions(name: str, count: int, fix: bool) -> int:
     env = dict(os.environ, PYRO_PICKLE_FIX="1" if fix else "0")
     done = subprocess.run(
         [
@@ -112,7 +115,7 @@ def instructions(name: str, n: int, fix: bool) -> int:
             sys.executable,
             __file__,
             name,
-            str(n),
+            str(count),
         ],
         env=env,
         capture_output=True,
