@@ -126,7 +126,8 @@ PATHS: dict[str, Callable[[Any], str]] = {
 
 
 def _kind(kind: str) -> Callable[[], Any]:
-    return lambda: build(kind)[1]
+    # One SVI step sets up everything a save writes (prototype trace, parameters).
+    return lambda: build(kind, steps=1)[1]
 
 
 def _tutorial() -> Any:
@@ -134,7 +135,7 @@ def _tutorial() -> Any:
 
 
 def _store() -> Any:
-    build("AutoNormal")
+    build("AutoNormal", steps=1)
     pyro.param("positive", torch.ones(2), constraint=torch.distributions.constraints.positive)
     return pyro.get_param_store()
 

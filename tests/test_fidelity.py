@@ -24,23 +24,31 @@ from pyro_pickle_fix import _patcher
 TESTS = Path(__file__).parent
 
 
-def written(fix: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO_PICKLE_FIX")}
-    env.update(PYRO_PICKLE_FIX="1" if fix else "0", PYTHONHASHSEED="0")
-    done = subprocess.run(
-        [sys.executable, str(TESTS / "bytes_written.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def written() -> tuple[dict[str, str], dict[str, str]]:
+    """What ``bytes_written.py`` reports without and with the fix (run side by side)."""
+    runs = []
+    for fix in ("0", "1"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYRO_PICKLE_FIX")}
+        env.update(PYRO_PICKLE_FIX=fix, PYTHONHASHSEED="0")
+        runs.append(
+            subprocess.Popen(
+                [sys.executable, str(TESTS / "bytes_written.py")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    found = []
+    for run in runs:
+        out, err = run.communicate(timeout=900)
+        assert run.returncode == 0, err
+        found.append(json.loads(out.strip().splitlines()[-1]))
+    return found[0], found[1]
 
 
 def test_every_object_along_every_path_is_written_as_stock_writes_it():
-    stock, fixed = written(False), written(True)
+    stock, fixed = written()
     assert stock.keys() == fixed.keys()
     assert len(stock) == 16 * 5 + 1  # every object x pickle 2-5 and torch.save, and save()
     cannot = {key: value for key, value in stock.items() if value.startswith("cannot write")}
@@ -103,6 +111,7 @@ def _through(path: str, module: torch.nn.Module) -> tuple[bytes, torch.nn.Module
     return b"", copied
 
 
+@pytest.mark.slow  # nothing here depends on the pyro-ppl release: once per Python
 @pytest.mark.parametrize("path", ["deepcopy", "copy", "torch.save"])
 def test_plain_torch_modules_are_untouched_by_the_fix(path):
     import pyro.contrib.easyguide  # noqa: F401  (armed everything there is)
@@ -127,6 +136,7 @@ def test_plain_torch_modules_are_untouched_by_the_fix(path):
         assert with_fix[2:] == without[2:], name
 
 
+@pytest.mark.slow
 def test_torch_save_of_plain_modules_writes_the_same_records():
     from bytes_written import _zip_digest
 
