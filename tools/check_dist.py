@@ -36,7 +36,8 @@ def problems(dist: Path) -> list[str]:
     with tarfile.open(sdist) as archive:
         top = archive.getnames()[0].split("/")[0]
         members = {name.partition("/")[2] for name in archive.getnames()}
-    wanted = ["README.md", "CHANGELOG.md", "LICENSE", "tests/conftest.py", *sorted(modules)]
+    wanted = ["README.md", "CHANGELOG.md", "CONTRIBUTING.md", "LICENSE", "tests/conftest.py"]
+    wanted += sorted(modules)
     wanted += [f"tests/{path.name}" for path in sorted((ROOT / "tests").glob("test_*.py"))]
     found += [f"sdist {top} lacks {name}" for name in wanted if name not in members]
     return found
