@@ -6,6 +6,7 @@ import types
 import warnings
 
 import pytest
+import torch
 from support import run_json, run_python
 
 import pyro_pickle_fix
@@ -27,7 +28,23 @@ def current(entry):
     return vars(owner).get(name)
 
 
-WRAPPED = [entry for entry in PATCHES if not entry.engine]
+# Every pyro and torch target; the param store's weights-only load needs torch 2.5+
+# (torch.serialization.safe_globals), and is left as stock before that.
+WRAPPED = [
+    entry
+    for entry in PATCHES
+    if not entry.engine
+    and (entry.kind != "safe_load" or hasattr(torch.serialization, "safe_globals"))
+]
+
+
+def test_without_a_weights_only_allowlist_the_load_is_skipped_quietly():
+    row = next(r for r in pyro_pickle_fix.status().targets if r.target.endswith(".load"))
+    if hasattr(torch.serialization, "safe_globals"):
+        assert row.wrapped is True and row.note == ""
+    else:
+        assert row.wrapped is False
+        assert row.note.startswith(f"skipped: torch {torch.__version__} has no weights-only")
 
 
 def test_every_target_is_wrapped_once_around_pyros_original():
