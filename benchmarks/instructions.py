@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/instructions.py                # every case, as a table
     .venv/bin/python benchmarks/instructions.py CASE COUNT     # set up, then COUNT operations
 
-Each figure differences two runs under ``valgrind --tool=cachegrind
---cache-sim=no`` that set up the same N objects and then do the operation on 0
-or on all N of them, so set-up and interpreter start cancel out; that is done with the fix on
-and off (``PYRO_PICKLE_FIX``), and the ratio of the per-operation counts is the
-fix's cost.  Counts do not depend on what else the machine is doing.
+Each figure is one run under ``valgrind --tool=callgrind`` that counts only the
+instructions spent inside the operations: they run inside ``itertools.accumulate``
+(``--toggle-collect=accumulate_next``, a C function nothing else here calls), so
+interpreter start, imports and set-up are not counted at all.  That is done with
+the fix on and off (``PYRO_PICKLE_FIX``); the ratio of the per-operation counts is
+the fix's cost.  Counts do not depend on what else the machine is doing.
 """
 
 from __future__ import annotations
@@ -95,42 +96,45 @@ CASES: dict[str, tuple[str, Case, int]] = {
 
 
 def run_one(name: str, count: int) -> None:
-    """Set up the case's N objects, then do the operation on ``count`` of them."""
+    """Set up the case's N objects, then do the operation on ``count`` of them,
+    inside ``itertools.accumulate``, which is all that is counted."""
+    import itertools
+
     import pyro.contrib.easyguide  # noqa: F401  (every target armed, as in a user's program)
 
     import pyro_pickle_fix  # noqa: F401  (on or off by PYRO_PICKLE_FIX)
 
     _, setup, n = CASES[name]
     operations = setup(n)[:count]
-    # A collection that one run happens to trigger and the other not would swamp
-    # the difference: collect now, then none while the operations run.
+    # No collection that one run happens to trigger and the other not.
     gc.collect()
     gc.disable()
-    for operation in operations:
-        operation()
+    for _ in itertools.accumulate([None, *operations], lambda _, operation: operation()):
+        pass
 
 
-def instructions(name: str, count: int, fix: bool) -> int:
-    # A fixed hash seed: set and dict work during set-up must not differ run to run.
+def instructions(name: str, fix: bool) -> int:
+    """Instructions spent in all N operations of the case."""
     env = dict(os.environ, PYRO_PICKLE_FIX="1" if fix else "0", PYTHONHASHSEED="0")
     done = subprocess.run(
         [
             "valgrind",
-            "--tool=cachegrind",
-            "--cache-sim=no",
-            "--cachegrind-out-file=/dev/null",
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            "--toggle-collect=accumulate_next",
+            "--callgrind-out-file=/dev/null",
             sys.executable,
             __file__,
             name,
-            str(count),
+            str(CASES[name][2]),
         ],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
-    (count,) = re.findall(r"I\s+refs:\s+([\d,]+)", done.stderr)
-    return int(count.replace(",", ""))
+    (count,) = re.findall(r"Collected\s*:\s*(\d+)", done.stderr)
+    return int(count)
 
 
 def main(argv: list[str]) -> int:
@@ -149,9 +153,7 @@ def main(argv: list[str]) -> int:
     print("| operation | with the fix | without | with / without |")
     print("|---|---|---|---|")
     for name, (label, _, n) in CASES.items():
-        per = {}
-        for fix in (True, False):
-            per[fix] = (instructions(name, n, fix) - instructions(name, 0, fix)) / n
+        per = {fix: instructions(name, fix) / n for fix in (True, False)}
         print(
             f"| {label} | {per[True] / 1e6:,.2f} M | {per[False] / 1e6:,.2f} M "
             f"| {per[True] / per[False]:.4f} |",
