@@ -117,6 +117,11 @@ def share_torch(session: nox.Session) -> None:
     site = _site_packages(session, base_python)
     with open(os.path.join(_site_packages(session), "_shared_torch.pth"), "w") as file:
         file.write(site + "\n")
+    # pip must keep this torch (the machine's own constraint would swap 2.15 for 2.14.1).
+    constraints = os.path.join(base, "constraints.txt")
+    with open(constraints, "w") as file:
+        file.write("\n".join([f"torch=={version}", *TORCH_EXTRAS.get(version, [])]) + "\n")
+    session.env["PIP_CONSTRAINT"] = constraints
 
 
 @nox.session
