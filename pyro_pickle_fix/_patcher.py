@@ -119,21 +119,25 @@ def _ours(function: Any) -> bool:
 
 class _Wrapped:
     """A target wrapped in place with a wrapt ``FunctionWrapper`` (for an ``added``
-    target, a method of the class's own that calls the inherited one)."""
+    target, a method of the class's own that calls the inherited one), or, on a
+    per-tensor hot path, replaced by a plain function that calls it."""
 
     def __init__(self, entry: Patch, owner: Any, name: str, original: Any) -> None:
         import wrapt
 
-        from ._wrappers import WRAPPERS
+        from ._wrappers import REPLACEMENTS, WRAPPERS
 
         self.added = entry.added
         if _ours(original):
             # Another copy of this package (a reload) wrapped it already.
             wrapper, original = original, original.__wrapped__
         else:
-            wrapper = wrapt.FunctionWrapper(original, WRAPPERS[entry.kind](original, entry))
+            if entry.kind in REPLACEMENTS:
+                wrapper = REPLACEMENTS[entry.kind](original, entry)
+            else:
+                wrapper = wrapt.FunctionWrapper(original, WRAPPERS[entry.kind](original, entry))
             # wrapt keeps _self_* attributes on the wrapper, not on the wrapped function.
-            wrapper._self_pyro_pickle_fix = entry.target  # type: ignore[attr-defined]
+            wrapper._self_pyro_pickle_fix = entry.target
             setattr(owner, name, wrapper)
         self.owner, self.name, self.original, self.wrapper = owner, name, original, wrapper
 

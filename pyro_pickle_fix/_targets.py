@@ -286,28 +286,18 @@ PATCHES: tuple[Patch, ...] = (
         leaf_tensors=True,
     ),
     Patch(
-        "torch.nn.parameter:Parameter.__reduce_ex__",
+        "torch._utils:_get_obj_state",
         (
-            # The other half of the PyroModule fix: torch writes a Parameter's
-            # __dict__, so the weakref pyro keeps there is left out of what is written
-            # instead of being popped from the live Parameter.  Parameters without it
-            # are written exactly as before.
+            # The other half of the PyroModule and param-store fixes.  torch reads a
+            # tensor's Python state here when it pickles a Tensor or a Parameter, and
+            # pyro keeps a weakref in it: the state torch writes leaves it out, as if
+            # pyro had popped it from the live tensor, and torch then takes the very
+            # path it takes after stock's pop.  Tensors without it are untouched.
             Bug(
-                "a Parameter carrying pyro's 'unconstrained' weakref cannot be pickled "
-                "unless pyro first pops it from the live Parameter"
-            ),
-        ),
-        kind="drop_weakref",
-        trigger="pyro.params.param_store",
-    ),
-    Patch(
-        "torch._tensor:Tensor.__reduce_ex__",
-        (
-            # The same for plain tensors: a pyro.param() value, alone, in a dict or held
-            # by a user's object, and the param store's own tensors.
-            Bug(
-                "a pyro.param() value cannot be pickled or torch.saved: "
-                "'cannot pickle 'weakref.ReferenceType' object'"
+                "a pyro.param() value or a Parameter carrying pyro's 'unconstrained' "
+                "weakref cannot be pickled or torch.saved ('cannot pickle "
+                "'weakref.ReferenceType' object') unless pyro first pops it from the "
+                "live tensor"
             ),
         ),
         kind="drop_weakref",
