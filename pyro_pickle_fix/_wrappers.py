@@ -43,13 +43,6 @@ def called_by_copy_copy(depth: int = 2) -> bool:
     return sys._getframe(depth).f_code is _COPY
 
 
-def _copies_in_flight() -> set[int]:
-    ids: set[int] | None = getattr(_in_flight, "ids", None)
-    if ids is None:
-        ids = _in_flight.ids = set()
-    return ids
-
-
 def private_copy(obj: Any, snapshot: tuple[str, ...] = ()) -> Any:
     """A shallow copy of ``obj`` with its own ``__dict__``; the containers named in
     ``snapshot`` get copies of their own, everything else is shared.
@@ -91,38 +84,45 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
     def copy_on_serialize(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        # (Inlined helpers: this runs for every module of a guide on every save.)
         if alive:
             _check_alive(instance, alive)
-        in_flight = _copies_in_flight()
+        try:
+            in_flight = _in_flight.ids
+        except AttributeError:
+            in_flight = _in_flight.ids = set()
         nested = id(instance) in in_flight
         if nested:
             target = instance
         else:
             # copy.copy shares the containers with the original, as stock's does.
-            target = private_copy(instance, () if called_by_copy_copy() else snapshot)
+            copying = snapshot and sys._getframe(1).f_code is _COPY
+            target = private_copy(instance, () if copying else snapshot)
         attributes = target.__dict__
-        hidden = {name: attributes[name] for name in hide if name in attributes}
+        hidden = {}
         placeholders = {}
-        for name, value in hidden.items():
-            # The original's loop over these registries reaches live tensors and
-            # submodules; on the private copy it finds nothing.
-            attributes[name] = placeholders[name] = type(value)()
+        for name in hide:
+            if name in attributes:
+                # The original's loop over these registries reaches live tensors
+                # and submodules; on the private copy it finds nothing.
+                hidden[name] = value = attributes[name]
+                attributes[name] = placeholders[name] = type(value)()
         in_flight.add(id(target))
         try:
             state = original(target, *args, **kwargs)
         finally:
             if not nested:
                 in_flight.discard(id(target))
-            attributes.update(hidden)
-        if not isinstance(state, dict):
-            return state
-        for name, key in hide.items():
-            if name in hidden and key in state:
-                # The registry itself where the original put it (torch's Module state
-                # shares it), a copy of it where the original copied it (get_state).
-                live = hidden[name]
-                state[key] = live if state[key] is placeholders[name] else live.copy()
-        if leaf_tensors:
+            if hidden:
+                attributes.update(hidden)
+        if hidden and isinstance(state, dict):
+            for name, key in hide.items():
+                if name in hidden and key in state:
+                    # The registry itself where the original put it (torch's Module
+                    # state shares it), a copy where the original copied it (get_state).
+                    live = hidden[name]
+                    state[key] = live if state[key] is placeholders[name] else live.copy()
+        if leaf_tensors and isinstance(state, dict):
             _make_leaves(state)
         return state
 
@@ -238,7 +238,8 @@ def make_drop_weakref(original: Callable[..., Any], patch: Patch) -> Callable[..
         state = original(obj)
         if (
             type(state) is dict
-            and isinstance(state.get(_WEAKREF), weakref.ref)
+            and _WEAKREF in state
+            and isinstance(state[_WEAKREF], weakref.ref)
             # copy.copy -> Tensor.__reduce_ex__ -> _get_obj_state (this function)
             and not called_by_copy_copy(depth=3)
         ):
