@@ -37,6 +37,9 @@ def describe_original(outcome: dict) -> str:
     original = outcome["original"]
     if original["error"]:
         error = original["error"]
+        if "missing 3 required positional arguments" in error:
+            # The tutorial class's name means nothing to a reader: say what happened.
+            return "breaks: its next SVI step fails (`TypeError`: a Group calls the guide)"
         return "breaks: `" + (error if len(error) <= 70 else error[:67] + "...") + "`"
     if not original["unchanged"]:
         return "trains, but was changed (Parameters lost pyro's weakref)"
