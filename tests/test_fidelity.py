@@ -179,21 +179,18 @@ def test_copy_copy_shares_what_stock_shares():
     assert guide.model is not None
 
 
+# PYRO_PICKLE_FIX decides whether the imported fix is on.
+COPY_KEEPS_WEAKREF = (
+    "import copy, json, weakref, torch, pyro, pyro_pickle_fix\n"
+    "p = torch.nn.Parameter(torch.zeros(2)); p.unconstrained = weakref.ref(p)\n"
+    "x = pyro.param('x', torch.zeros(2))\n"
+    "print(json.dumps([copy.copy(p).unconstrained() is p, copy.copy(x).unconstrained() is x]))"
+)
+
+
 def test_copy_copy_of_a_parameter_keeps_pyros_weakref_as_stock_does():
-    found = run_json(
-        "import copy, json, weakref, torch, pyro\n"
-        "p = torch.nn.Parameter(torch.zeros(2)); p.unconstrained = weakref.ref(p)\n"
-        "x = pyro.param('x', torch.zeros(2))\n"
-        "print(json.dumps([copy.copy(p).unconstrained() is p, copy.copy(x).unconstrained() is x]))",
-        fix=None,
-    )
-    stock = run_json(
-        "import copy, json, weakref, torch, pyro\n"
-        "p = torch.nn.Parameter(torch.zeros(2)); p.unconstrained = weakref.ref(p)\n"
-        "x = pyro.param('x', torch.zeros(2))\n"
-        "print(json.dumps([copy.copy(p).unconstrained() is p, copy.copy(x).unconstrained() is x]))",
-        fix=False,
-    )
+    found = run_json(COPY_KEEPS_WEAKREF, fix=True)
+    stock = run_json(COPY_KEEPS_WEAKREF, fix=False)
     assert found == stock == [True, True]
 
 
