@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import time
 
 import nox
@@ -30,6 +31,9 @@ nox.options.sessions = ["release", "startup", "tests", "engines"]
 TORCH = {"3.10": "2.0.1", "3.11": "2.13.0", "3.12": "2.5.1", "3.13": "2.15.0"}
 #: What a torch needs beside it: torch 2.0 was built against NumPy 1.
 TORCH_EXTRAS = {"2.0.1": ["numpy<2"]}
+#: Disk a torch environment takes while it is built: the CUDA builds are 4.3-5.3 GB
+#: installed plus their wheels while pip unpacks them; 2.13.0 is the local CPU wheel.
+TORCH_BUILD_GB = {"2.0.1": 8, "2.5.1": 9, "2.13.0": 2, "2.15.0": 9}
 WRAPT = {"1.17": "wrapt>=1.17,<1.18", "2": "wrapt>=2,<3"}
 #: Every Python we support; pyproject's requires-python and classifiers must agree.
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
@@ -84,6 +88,17 @@ def _site_packages(session: nox.Session, python: str = "python") -> str:
     return str(out).strip().splitlines()[-1]
 
 
+def _check_disk(session: nox.Session, version: str) -> None:
+    free_gb = shutil.disk_usage(".nox").free / 2**30
+    needed_gb = TORCH_BUILD_GB.get(version, max(TORCH_BUILD_GB.values()))
+    if free_gb < needed_gb:
+        session.error(
+            f"building torch {version} takes about {needed_gb} GB of disk and "
+            f"{os.path.abspath('.nox')} has {free_gb:.1f} GB free: free some space "
+            "(old .nox environments, pip's cache) and run the matrix again"
+        )
+
+
 def share_torch(session: nox.Session) -> None:
     """Give the session's venv its Python's torch (:data:`TORCH`) from a
     per-Python environment, made once (a CUDA build of 3-5 GB on Pythons without
@@ -106,10 +121,12 @@ def share_torch(session: nox.Session) -> None:
             time.sleep(5)
             continue
         try:
+            _check_disk(session, version)
             session.run("python", "-m", "venv", "--clear", base)  # the session's Python
             wanted = [f"torch=={version}", *TORCH_EXTRAS.get(version, [])]
-            # The machine's pip configuration caps torch below the newest release.
-            env = {"PIP_CONSTRAINT": os.devnull}
+            # The machine's pip configuration caps torch below the newest release.  No
+            # pip cache: it would keep a second copy of every CUDA wheel (~3 GB each).
+            env = {"PIP_CONSTRAINT": os.devnull, "PIP_NO_CACHE_DIR": "1"}
             session.run(base_python, "-m", "pip", "install", "-q", *wanted, external=True, env=env)
             open(done, "w").close()
         finally:
@@ -150,7 +167,8 @@ def release(session: nox.Session) -> None:
     session.run("python", "-m", "build", "--outdir", DIST, ".")
     session.run("twine", "check", "--strict", *glob.glob(os.path.join(DIST, "*")))
     session.run("python", "tools/check_dist.py", DIST)
-    session.install(f"torch=={TORCH['3.11']}", "pyro-ppl==1.9.2", wheel())
+    share_torch(session)
+    session.install("pyro-ppl==1.9.2", wheel())
     session.run("pyro-pickle-fix", "check")
     session.run("python", "-m", "pyro_pickle_fix", "check")
 
