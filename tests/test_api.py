@@ -107,6 +107,8 @@ def test_status_says_per_target_which_bugs_this_python_and_pyro_have():
     group = rows["pyro.contrib.easyguide.easyguide.Group.__getstate__"]
     assert any("strong reference in the live __dict__" in bug for bug in group.bugs) is GROUP_BUG
     assert any("pickles, and the bytes fail to load" in bug for bug in group.bugs)  # always
+    module = rows["pyro.nn.module.PyroModule.__getstate__"]
+    assert any("dictionary changed size during iteration" in bug for bug in module.bugs)
     messenger = rows["pyro.poutine.guide.GuideMessenger.__getstate__"]
     assert messenger.needed is GUIDE_MESSENGER_BUG
     assert bool(messenger.bugs) is GUIDE_MESSENGER_BUG

@@ -181,6 +181,48 @@ def test_threads_saving_reading_and_training_never_see_a_change(kind):
     assert saved == [type(guide)] * 60
 
 
+# A training step that ends while a save iterates the EasyGuide's plate cache, at a
+# fixed point.  The cache is filled while the guide runs (here: its plate, as the
+# guide's body makes it) and cleared when the call ends.  After that plate sits an
+# object whose pickling trains the guide for an epoch, as a training thread can
+# between two items of the save.  The groups are moved after the cache, so that the
+# Group bug (stock's step fails once the groups are written) does not hide this one.
+PLATE_CACHE_RACE = """
+import io, json, torch
+from pyro_pickle_fix.diagnostics import tutorial as scenario
+guide, train_more = scenario.trained_guide()
+guide.__dict__["groups"] = guide.__dict__.pop("groups")
+guide.plate("data", scenario.FULL_SIZE, subsample=torch.arange(scenario.BATCH_SIZE))
+class TrainingStep:
+    def __reduce__(self):
+        train_more(guide)
+        return TrainingStep, ()
+guide.plates["step"] = TrainingStep()
+buffer = io.BytesIO()
+try:
+    torch.save(guide, buffer)
+    error = None
+    buffer.seek(0)
+    written = sorted(torch.load(buffer, weights_only=False).plates)
+except RuntimeError as caught:
+    error, written = str(caught), None
+print(json.dumps([error, written, sorted(guide.plates)]))
+"""
+
+
+def test_stock_save_fails_when_a_training_step_ends_midway():
+    error, _, live = run_json(PLATE_CACHE_RACE, fix=False)
+    assert error == "dictionary changed size during iteration"
+    assert live == []  # the step ran, and its guide call cleared the cache
+
+
+def test_save_writes_the_plate_cache_as_it_was_when_a_training_step_ends_midway():
+    error, written, live = run_json(PLATE_CACHE_RACE, fix=True)
+    assert error is None
+    assert written == ["data", "step"]
+    assert live == []
+
+
 def test_a_guide_sent_to_a_spawned_worker_runs_there_and_stays_intact():
     _, guide, kwargs = build("AutoGuideList")
     before = snapshot(guide)
