@@ -34,13 +34,8 @@ if TYPE_CHECKING:
 # class reached through super() works on the same copy instead of copying again.
 _in_flight = threading.local()
 
+# copy.copy's code: a wrapper whose caller runs it gives stock's shallow copy.
 _COPY = copy.copy.__code__
-
-
-def called_by_copy_copy(depth: int = 2) -> bool:
-    """Whether the wrapper running now was called by ``copy.copy``, ``depth - 1``
-    Python frames up (wrapt, the reduction and ``__getstate__`` add none: C calls)."""
-    return sys._getframe(depth).f_code is _COPY
 
 
 def private_copy(obj: Any, snapshot: tuple[str, ...] = ()) -> Any:
@@ -98,15 +93,17 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
             # copy.copy shares the containers with the original, as stock's does.
             copying = snapshot and sys._getframe(1).f_code is _COPY
             target = private_copy(instance, () if copying else snapshot)
-        attributes = target.__dict__
-        hidden = {}
-        placeholders = {}
-        for name in hide:
-            if name in attributes:
-                # The original's loop over these registries reaches live tensors
-                # and submodules; on the private copy it finds nothing.
-                hidden[name] = value = attributes[name]
-                attributes[name] = placeholders[name] = type(value)()
+        hidden = None
+        if hide:
+            attributes = target.__dict__
+            hidden = {}
+            placeholders = {}
+            for name in hide:
+                if name in attributes:
+                    # The original's loop over these registries reaches live tensors
+                    # and submodules; on the private copy it finds nothing.
+                    hidden[name] = value = attributes[name]
+                    attributes[name] = placeholders[name] = type(value)()
         in_flight.add(id(target))
         try:
             state = original(target, *args, **kwargs)
@@ -234,17 +231,22 @@ def make_drop_weakref(original: Callable[..., Any], patch: Patch) -> Callable[..
     call costs ~6,000 instructions, 3% of writing a small tensor with torch.save.
     """
 
+    getframe = sys._getframe
+    key = _WEAKREF
+    ref = weakref.ref
+
     def _get_obj_state(obj: Any) -> Any:
         state = original(obj)
         if (
             type(state) is dict
-            and _WEAKREF in state
-            and isinstance(state[_WEAKREF], weakref.ref)
-            # copy.copy -> Tensor.__reduce_ex__ -> _get_obj_state (this function)
-            and not called_by_copy_copy(depth=3)
+            and key in state
+            and isinstance(state[key], ref)
+            # Not for copy.copy -> Tensor.__reduce_ex__ -> this function (inlined, as
+            # are the names above: torch calls this for every tensor it pickles).
+            and getframe(2).f_code is not _COPY
         ):
             state = state.copy()
-            del state[_WEAKREF]
+            del state[key]
         return state
 
     functools.update_wrapper(_get_obj_state, original)
