@@ -109,6 +109,7 @@ def share_torch(session: nox.Session) -> None:
     process build each, and the other wait for it.
     """
     version = TORCH[str(session.python)]
+    wanted = [f"torch=={version}", *TORCH_EXTRAS.get(version, [])]
     base = os.path.abspath(os.path.join(".nox", f"torch-{version}-py{session.python}"))
     base_python = os.path.join(base, "bin", "python")
     done = os.path.join(base, ".torch-installed")
@@ -123,7 +124,6 @@ def share_torch(session: nox.Session) -> None:
         try:
             _check_disk(session, version)
             session.run("python", "-m", "venv", "--clear", base)  # the session's Python
-            wanted = [f"torch=={version}", *TORCH_EXTRAS.get(version, [])]
             # The machine's pip configuration caps torch below the newest release.  No
             # pip cache: it would keep a second copy of every CUDA wheel (~3 GB each).
             env = {"PIP_CONSTRAINT": os.devnull, "PIP_NO_CACHE_DIR": "1"}
@@ -137,7 +137,7 @@ def share_torch(session: nox.Session) -> None:
     # pip must keep this torch (the machine's own constraint would swap 2.15 for 2.14.1).
     constraints = os.path.join(base, "constraints.txt")
     with open(constraints, "w") as file:
-        file.write("\n".join([f"torch=={version}", *TORCH_EXTRAS.get(version, [])]) + "\n")
+        file.write("\n".join(wanted) + "\n")
     session.env["PIP_CONSTRAINT"] = constraints
 
 

@@ -40,7 +40,6 @@ def _saver() -> Callable[[object], object]:
 
 
 def _tutorial_saves(n: int) -> Callable[[], object]:
-
     from pyro_pickle_fix.diagnostics import tutorial
 
     guides = [tutorial.trained_guide(seed)[0] for seed in range(n)]
