@@ -11,7 +11,7 @@ import _thread
 import sys
 
 from . import _trigger as trigger
-from ._targets import KNOWN_PYRO, PATCHES, Patch, parse_version
+from ._targets import BY_TARGET, KNOWN_PYRO, PATCHES, Patch, parse_version
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,10 +20,14 @@ if TYPE_CHECKING:
 
 _lock = _thread.RLock()
 _armed = False
-# target -> what was done to it (a _Wrapped, or an integrations.dask.DaskRegistration)
+# target -> what was done to it (a _Wrapped, or an integrations.dask.DaskRegistration),
+# in the order it was done: unpatch() undoes it in the reverse order, so a repair is
+# always removed before what it requires.
 _applied: dict[str, Any] = {}
 # target -> why it was left alone
 _skipped: dict[str, str] = {}
+# targets left alone although their bug is there (a partner they require is missing)
+_degraded: set[str] = set()
 _warned_unknown_pyro = False
 
 
@@ -37,23 +41,26 @@ def patch() -> None:
         if _armed:
             return
         _armed = True
-        for entry in PATCHES:
-            trigger.when_imported(entry.trigger, _applier(entry))
+    # Outside the lock: a callback may run now and import (wrapt, a target's module).
+    for entry in PATCHES:
+        trigger.when_imported(entry.trigger, _applier(entry))
 
 
 def unpatch() -> None:
-    """Put pyro's original functions back and disarm the pending imports.
+    """Put back exactly what each target was before :func:`patch` (a method the
+    class did not have is removed again) and disarm the pending imports.
 
-    A wrapper that another library has wrapped again on top of ours cannot be taken
-    out without removing theirs: it stays, with a warning, and :func:`status` shows
-    it as still wrapped.
+    Repairs are removed before what they require, so a save in another thread
+    never meets a half that is unsafe alone.  A wrapper that another library has
+    wrapped again on top of ours cannot be taken out without removing theirs: it
+    stays, with a warning, and :func:`status` shows it as still wrapped.
     """
     global _armed
     with _lock:
         _armed = False
         trigger.forget_all()
-        for target, applied in list(_applied.items()):
-            outer = applied.remove()
+        for target in reversed(list(_applied)):
+            outer = _applied[target].remove()
             if outer is None:
                 del _applied[target]
             else:
@@ -66,14 +73,18 @@ def unpatch() -> None:
                 )
         for target in [t for t in _skipped if t not in _applied]:
             del _skipped[target]
+        _degraded.clear()
 
 
 def is_patched() -> bool:
     """True while the fix is on: patched (or waiting for pyro's import to patch),
-    and every target whose module is imported is wrapped.  Changes nothing."""
+    every target whose module is imported is wrapped, and none was left stock for
+    want of a partner.  Changes nothing."""
     with _lock:
-        return (_armed or trigger.activation_requested()) and all(
-            _is_wrapped(entry) for entry in PATCHES if _imported(entry)
+        return (
+            (_armed or trigger.activation_requested())
+            and not _degraded
+            and all(_is_wrapped(entry) for entry in PATCHES if _imported(entry))
         )
 
 
@@ -89,28 +100,69 @@ def _applier(entry: Patch) -> trigger.Callback:
 
 
 def _apply(entry: Patch) -> None:
+    """Wrap one target.  Its imports and the wrapper's construction happen outside
+    the lock (an import callback runs with that module's import lock held); the
+    lock covers only the bookkeeping and the swap itself."""
     from ._loading import Unsupported
 
     with _lock:
-        if not _armed or entry.target in _applied:
+        if not _armed or entry.target in _applied or entry.target in _skipped:
             return
-        try:
-            owner, name, original = _resolve(entry)
-            _warn_if_unknown_pyro()
-            if entry.kind == "dask_pickle":
-                from .integrations.dask import DaskRegistration
+    for required in entry.requires:
+        _apply(BY_TARGET[required])
+    missing = [required for required in entry.requires if required not in _applied]
+    if missing:
+        with _lock:
+            needs = ", ".join(m.replace(":", ".") for m in missing)
+            _skipped[entry.target] = (
+                f"needs {needs}, which is not in place, so pyro's own method runs "
+                "(stock behaviour)"
+            )
+            _degraded.add(entry.target)
+        return
+    try:
+        owner, name, original = _resolve(entry)
+        _warn_if_unknown_pyro()
+        if entry.kind == "dask_pickle":
+            from .integrations.dask import DaskRegistration
 
+            with _lock:
+                if not _armed or entry.target in _applied:
+                    return
                 _applied[entry.target] = DaskRegistration(original)
-            else:
-                _applied[entry.target] = _Wrapped(entry, owner, name, original)
-        except LookupError as missing:
-            _skipped[entry.target] = str(missing)
-            trigger.warn(f"skipped {entry.dotted}: {missing}; it is not patched.")
-            return
-        except Unsupported as reason:  # this torch cannot; stock behaviour is kept
-            _skipped[entry.target] = str(reason)
-            return
+        else:
+            wrapped = _Wrapped(entry, owner, name, original)
+            with _lock:
+                if not _armed or entry.target in _applied:
+                    return
+                wrapped.install()
+                _applied[entry.target] = wrapped
+            wrapped.check()
+    except LookupError as missing_target:
+        _skip(entry, str(missing_target), warn=True)
+        return
+    except Unsupported as reason:  # this torch cannot; stock behaviour is kept
+        _skip(entry, str(reason), warn=False)
+        return
+    except _CheckFailed as failed:
+        _skip(entry, str(failed), warn=True)
+        return
+    with _lock:
         _skipped.pop(entry.target, None)
+
+
+def _skip(entry: Patch, reason: str, warn: bool) -> None:
+    with _lock:
+        applied = _applied.pop(entry.target, None)
+        if applied is not None:
+            applied.remove()
+        _skipped[entry.target] = reason
+    if warn:
+        trigger.warn(f"skipped {entry.dotted}: {reason}; it is not patched.")
+
+
+class _CheckFailed(Exception):
+    """A replacement is in place but torch does not behave as it needs."""
 
 
 def _ours(function: Any) -> bool:
@@ -123,23 +175,48 @@ class _Wrapped:
     per-tensor hot path, replaced by a plain function that calls it."""
 
     def __init__(self, entry: Patch, owner: Any, name: str, original: Any) -> None:
-        import wrapt
+        from ._wrappers import CHECKS, REPLACEMENTS, WRAPPERS
 
-        from ._wrappers import REPLACEMENTS, WRAPPERS
-
-        self.added = entry.added
+        self.kind = entry.kind
+        self.checker = CHECKS.get(entry.kind)
         if _ours(original):
             # Another copy of this package (a reload) wrapped it already.
             wrapper, original = original, original.__wrapped__
+            self.added = bool(getattr(wrapper, "_self_pyro_pickle_fix_added", False))
         else:
+            if entry.kind == "mark_copy" and hasattr(owner, name):
+                from ._loading import Unsupported
+
+                # copy.copy calls that __copy__, not __reduce_ex__: nothing to mark.
+                raise Unsupported(f"{owner.__qualname__} has a {name} of its own")
+            # Only a method the class did not have is deleted again by unpatch().
+            self.added = entry.added and name not in vars(owner)
             if entry.kind in REPLACEMENTS:
                 wrapper = REPLACEMENTS[entry.kind](original, entry)
+                wrapper.__wrapped__ = original
             else:
+                import wrapt
+
                 wrapper = wrapt.FunctionWrapper(original, WRAPPERS[entry.kind](original, entry))
             # wrapt keeps _self_* attributes on the wrapper, not on the wrapped function.
             wrapper._self_pyro_pickle_fix = entry.target
-            setattr(owner, name, wrapper)
+            wrapper._self_pyro_pickle_fix_added = self.added
         self.owner, self.name, self.original, self.wrapper = owner, name, original, wrapper
+
+    def install(self) -> None:
+        setattr(self.owner, self.name, self.wrapper)
+
+    def check(self) -> None:
+        """Raise :class:`_CheckFailed` if the replacement does not work here."""
+        if self.checker is None:
+            return
+        try:
+            self.checker()
+        except Exception as error:
+            raise _CheckFailed(
+                f"torch does not use it as this fix needs ({error}); the repairs "
+                "that require it are left stock"
+            ) from None
 
     def active(self) -> bool:
         """Whether our wrapper runs: in place, or under a wrapper of someone else's."""
@@ -179,20 +256,18 @@ def _resolve(entry: Patch) -> tuple[Any, str, Any]:
 
         owner = importlib.import_module(entry.module)
     *path, name = entry.path
+    distribution = "torch" if entry.module.split(".")[0] == "torch" else "pyro-ppl"
+    release = f"{distribution} {installed_version(distribution)}"
     for part in path:
         try:
             owner = getattr(owner, part)
         except AttributeError:
-            raise LookupError(
-                f"{entry.module} has no {part!r} in pyro-ppl {pyro_version()}"
-            ) from None
+            raise LookupError(f"{entry.module} has no {part!r} in {release}") from None
     original = vars(owner).get(name)
     if entry.added and (original is None or _ours(original)):
         return owner, name, original or _inherited(owner, name)
     if original is None:
-        raise LookupError(
-            f"{'.'.join(path) or entry.module} does not define {name} in pyro-ppl {pyro_version()}"
-        )
+        raise LookupError(f"{'.'.join(path) or entry.module} does not define {name} in {release}")
     return owner, name, original
 
 
@@ -340,6 +415,8 @@ def status() -> Status:
                 note = f"{entry.module.split('.')[0]} is not installed"
             elif not wrapped and active and entry.trigger not in sys.modules:
                 note = f"waits for `import {entry.trigger}`"
+            elif entry.partner is not None:
+                note = f"part of the repair of {BY_TARGET[entry.partner].dotted}"
             else:
                 note = ""
             bugs = [

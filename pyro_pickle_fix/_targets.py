@@ -79,6 +79,8 @@ class Patch:
         "hide",
         "kind",
         "leaf_tensors",
+        "partner",
+        "requires",
         "snapshot",
         "target",
         "trigger",
@@ -96,6 +98,8 @@ class Patch:
         alive: tuple[str, ...] = (),
         leaf_tensors: bool = False,
         added: bool = False,
+        requires: tuple[str, ...] = (),
+        partner: str | None = None,
     ) -> None:
         self.target = target
         self.bugs = bugs
@@ -114,11 +118,19 @@ class Patch:
         #: a dead one is an error at save time, not at load time.
         self.alive = alive
         #: Non-leaf tensors in the state become leaves with the same data and
-        #: requires_grad: what pickle writes for them, and what deepcopy can copy.
+        #: requires_grad (what pickle writes for them, and what deepcopy can copy):
+        #: one leaf per tensor per save, so a tensor the stream shares stays shared.
         self.leaf_tensors = leaf_tensors
         #: The class does not define the method: it gets one (calling the inherited
         #: method through the wrapper) while patched, and loses it on unpatch().
+        #: (A class that defines it keeps its own, wrapped, and gets it back.)
         self.added = added
+        #: Targets this repair is unsafe without: it is applied only once they are
+        #: in place (and checked), and is left stock, with a note, when one is not.
+        self.requires = requires
+        #: The target whose repair this entry is part of, when it fixes no stock
+        #: bug of its own (it is needed wherever that one is).
+        self.partner = partner
 
     @property
     def module(self) -> str:
@@ -139,7 +151,9 @@ class Patch:
 
     def needed(self, pyro: Version, python: Version, torch: Version | None = None) -> bool | None:
         """Whether that pyro-ppl on that Python and torch has a bug this patch fixes
-        (None: unknown)."""
+        (None: unknown); a partner entry is needed wherever its partner is."""
+        if self.partner is not None:
+            return BY_TARGET[self.partner].needed(pyro, python, torch)
         answers = [bug.present(pyro, python, torch) for bug in self.bugs]
         if True in answers:
             return True
@@ -151,6 +165,9 @@ class Patch:
 
 PY311 = (3, 11)  # object.__getstate__ exists from 3.11 on and returns the live __dict__
 WEIGHTS_ONLY_DEFAULT = (2, 6)  # torch.load's weights_only defaults to True from here on
+#: Where torch reads a tensor's Python state to pickle it: the other half of every
+#: repair that keeps pyro's weakref on the live parameters.
+TENSOR_STATE = "torch._utils:_get_obj_state"
 
 PATCHES: tuple[Patch, ...] = (
     Patch(
@@ -176,7 +193,7 @@ PATCHES: tuple[Patch, ...] = (
         "pyro.nn.module:PyroModule.__getstate__",
         (
             # torch pickles a tensor's __dict__, and pyro keeps a weakref in it; the
-            # __reduce_ex__ patches below leave it out of what is written instead.
+            # tensor-state hook below leaves it out of what is written instead.
             Bug(
                 "pops the 'unconstrained' weakref from every live Parameter: held "
                 "handles fail on .unconstrained() and a training thread races the save"
@@ -192,8 +209,22 @@ PATCHES: tuple[Patch, ...] = (
         # An EasyGuide (no __getstate__ of its own: this is its outermost one) clears
         # and refills its plate cache on every call.  An AutoGuide's plates are not
         # snapshotted: an AutoGuideList's children share their master's dict, and
-        # the stream must say so, as stock's does.
+        # the stream must say so, as stock's does.  (Nor is a cache that anything
+        # else holds: the stream must share it too.)
         snapshot=("plates",),
+        # Hiding the registries leaves the weakref on the live parameters, so the
+        # tensor-state hook must leave it out of what is written.
+        requires=(TENSOR_STATE,),
+    ),
+    Patch(
+        "pyro.nn.module:PyroModule.__copy__",
+        # copy.copy reaches __getstate__ through __reduce_ex__, as a save does, and
+        # stock's copy shares the plate cache: this marks the object being copied
+        # (no frame inspection), so the wrapper above takes no snapshot for it.
+        (),
+        kind="mark_copy",
+        added=True,
+        partner="pyro.nn.module:PyroModule.__getstate__",
     ),
     Patch(
         "pyro.infer.autoguide.guides:AutoGuide.__getstate__",
@@ -238,6 +269,7 @@ PATCHES: tuple[Patch, ...] = (
             ),
         ),
         hide={"_params": "params"},
+        requires=(TENSOR_STATE,),
     ),
     Patch(
         "pyro.params.param_store:ParamStoreDict.load",
@@ -292,7 +324,7 @@ PATCHES: tuple[Patch, ...] = (
         leaf_tensors=True,
     ),
     Patch(
-        "torch._utils:_get_obj_state",
+        TENSOR_STATE,
         (
             # The other half of the PyroModule and param-store fixes.  torch reads a
             # tensor's Python state here when it pickles a Tensor or a Parameter, and
@@ -310,6 +342,16 @@ PATCHES: tuple[Patch, ...] = (
         trigger="pyro.params.param_store",
     ),
     Patch(
+        "torch._tensor:Tensor.__copy__",
+        # copy.copy of a tensor reaches the hook above through __reduce_ex__; stock's
+        # copy keeps pyro's weakref, so the hook must know which tensor is copied.
+        (),
+        kind="mark_copy",
+        added=True,
+        trigger="pyro.params.param_store",
+        partner=TENSOR_STATE,
+    ),
+    Patch(
         "distributed.protocol.serialize:dask_serialize",
         (
             # distributed.protocol.torch registers a generic serializer for every
@@ -324,6 +366,10 @@ PATCHES: tuple[Patch, ...] = (
         kind="dask_pickle",
     ),
 )
+
+
+#: target -> its entry
+BY_TARGET: dict[str, Patch] = {entry.target: entry for entry in PATCHES}
 
 
 def parse_version(text: str) -> Version:

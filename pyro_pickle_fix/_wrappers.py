@@ -14,6 +14,7 @@ only the top-level ``__dict__`` the original method changes is private.
 from __future__ import annotations
 
 import copy
+import copyreg
 import functools
 import sys
 import threading
@@ -34,25 +35,93 @@ if TYPE_CHECKING:
 # class reached through super() works on the same copy instead of copying again.
 _in_flight = threading.local()
 
-# copy.copy's code: a wrapper whose caller runs it gives stock's shallow copy.
-_COPY = copy.copy.__code__
+
+class _Copying(threading.local):
+    #: id of the object that copy.copy is copying in this thread (a mark_copy
+    #: entry sets it around the object's __reduce_ex__), else None.
+    target: int | None = None
+
+
+_copying = _Copying()
+
+
+class _Inert:
+    """What a private copy whose class has a ``__del__`` becomes when it is
+    dropped: that finalizer never runs for a copy the user did not make (it would
+    act on resources the live object still holds)."""
+
+
+def _sole_holder_count() -> int:
+    # What _held_by_more says of a value that one __dict__ and its private copy
+    # hold, and nothing else: calibrated on this interpreter, not assumed.
+    owner = {"x": {}}
+    return _held_by_more(owner.copy(), "x", -1)
+
+
+def _held_by_more(attributes: dict[str, Any], name: str, sole: int) -> int:
+    count = sys.getrefcount(attributes[name])
+    return count if sole < 0 else int(count > sole)
+
+
+_SOLE = _sole_holder_count()
 
 
 def private_copy(obj: Any, snapshot: tuple[str, ...] = ()) -> Any:
-    """A shallow copy of ``obj`` with its own ``__dict__``; the containers named in
-    ``snapshot`` get copies of their own, everything else is shared.
+    """A shallow copy of ``obj`` with its own ``__dict__``; each container named in
+    ``snapshot`` gets a copy of its own where nothing but ``obj`` holds it (one
+    that anything else holds stays shared, so that the stream shares it as
+    stock's does), and everything else is shared.
 
     Never runs ``__init__``, ``__setattr__`` or any user code, and each copy is a
     single C call, so none sees a container half-changed by a training thread.
+    Drop the copy with :func:`discard`.
     """
     attributes = obj.__dict__.copy()
     for name in snapshot:
-        value = attributes.get(name)
-        if type(value) is dict:
-            attributes[name] = value.copy()
+        if type(attributes.get(name)) is dict and not _held_by_more(attributes, name, _SOLE):
+            attributes[name] = attributes[name].copy()
     clone = object.__new__(type(obj))
     object.__setattr__(clone, "__dict__", attributes)
     return clone
+
+
+def _discardable_count() -> int:
+    # What discard() counts for a copy that only its maker's local variable holds
+    # (the same frames: the maker's, one call, getrefcount's argument).
+    clone = object.__new__(_Inert)
+    return _count_held(clone)
+
+
+def _count_held(clone: Any) -> int:
+    return sys.getrefcount(clone)
+
+
+_DISCARDABLE = _discardable_count()
+
+
+def discard(clone: Any, failed: bool = False) -> None:
+    """Drop a private copy.  If its class defines ``__del__``, the copy becomes an
+    :class:`_Inert` first, unless the original method kept a reference to it
+    (after a failure, the traceback's frames hold it: it becomes inert anyway)."""
+    if getattr(type(clone), "__del__", None) is None:
+        return
+    if not failed and sys.getrefcount(clone) > _DISCARDABLE:
+        return  # stored somewhere by the original: it stays what it is
+    try:
+        clone.__class__ = _Inert
+    except TypeError:  # a layout _Inert cannot take (a C base, __slots__)
+        clone.__class__ = _inert_subclass(type(clone))
+
+
+def _inert_subclass(cls: type) -> type:
+    found = _INERT.get(cls)
+    if found is None:
+        namespace = {"__del__": lambda self: None, "__slots__": ()}
+        found = _INERT[cls] = type(cls)(f"_Inert{cls.__name__}", (cls,), namespace)
+    return found
+
+
+_INERT: dict[type, type] = {}
 
 
 def _check_alive(obj: Any, names: tuple[str, ...]) -> None:
@@ -91,7 +160,7 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
             target = instance
         else:
             # copy.copy shares the containers with the original, as stock's does.
-            copying = snapshot and sys._getframe(1).f_code is _COPY
+            copying = snapshot and _copying.target == id(instance)
             target = private_copy(instance, () if copying else snapshot)
         hidden = None
         if hide:
@@ -107,12 +176,20 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
         in_flight.add(id(target))
         try:
             state = original(target, *args, **kwargs)
+        except BaseException:
+            if not nested:
+                discard(target, failed=True)
+            raise
         finally:
             if not nested:
                 in_flight.discard(id(target))
             if hidden:
                 attributes.update(hidden)
-        if hidden and isinstance(state, dict):
+        if not nested:
+            discard(target)
+        # (A state that is the private __dict__ itself, as object.__getstate__ gives
+        # where the class has none of its own, has its registries back already.)
+        if hidden and isinstance(state, dict) and state is not attributes:
             for name, key in hide.items():
                 if name in hidden and key in state:
                     # The registry itself where the original put it (torch's Module
@@ -126,12 +203,35 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
     return copy_on_serialize
 
 
+# id(non-leaf tensor) -> (weakref to it, weakref to its leaf): while a save holds
+# the leaf, every state that holds the tensor gets that same leaf, so the stream
+# shares it where stock's shares the tensor.
+_leaves: dict[int, tuple[weakref.ref[Any], weakref.ref[Any]]] = {}
+
+
+def _leaf_of(value: Any) -> Any:
+    key = id(value)
+    known = _leaves.get(key)
+    if known is not None and known[0]() is value:
+        made = known[1]()
+        if made is not None:
+            return made
+
+    def forget(ref: weakref.ref[Any]) -> None:
+        if _leaves.get(key, (None, None))[1] is ref:
+            del _leaves[key]
+
+    made = value.detach().requires_grad_(value.requires_grad)
+    _leaves[key] = (weakref.ref(value), weakref.ref(made, forget))
+    return made
+
+
 def _make_leaves(state: dict[str, Any]) -> None:
     import torch
 
     def leaf(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and not value.is_leaf:
-            return value.detach().requires_grad_(value.requires_grad)
+            return _leaf_of(value)
         return value
 
     for name, value in state.items():
@@ -231,19 +331,17 @@ def make_drop_weakref(original: Callable[..., Any], patch: Patch) -> Callable[..
     call costs ~6,000 instructions, 3% of writing a small tensor with torch.save.
     """
 
-    getframe = sys._getframe
     key = _WEAKREF
     ref = weakref.ref
+    copying = _copying
 
-    def _get_obj_state(obj: Any) -> Any:
-        state = original(obj)
+    def _get_obj_state(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        state = original(obj, *args, **kwargs)
         if (
             type(state) is dict
             and key in state
             and isinstance(state[key], ref)
-            # Not for copy.copy -> Tensor.__reduce_ex__ -> this function (inlined, as
-            # are the names above: torch calls this for every tensor it pickles).
-            and getframe(2).f_code is not _COPY
+            and copying.target != id(obj)  # copy.copy of this tensor keeps it
         ):
             state = state.copy()
             del state[key]
@@ -251,6 +349,49 @@ def make_drop_weakref(original: Callable[..., Any], patch: Patch) -> Callable[..
 
     functools.update_wrapper(_get_obj_state, original)
     return _get_obj_state
+
+
+def check_drop_weakref() -> None:
+    """That torch pickles a tensor and a Parameter carrying pyro's weakref through
+    the hook, leaving the live ones as they were: else ``RuntimeError``."""
+    import pickle
+
+    import torch
+
+    for value in (torch.zeros(1), torch.nn.Parameter(torch.zeros(1))):
+        value.__dict__[_WEAKREF] = link = weakref.ref(value)
+        try:
+            loaded = pickle.loads(pickle.dumps(value))
+        except Exception as error:
+            raise RuntimeError(f"torch cannot pickle a {type(value).__name__} through it ({error!r})") from None
+        if value.__dict__.get(_WEAKREF) is not link or _WEAKREF in loaded.__dict__:
+            raise RuntimeError(f"torch does not read a {type(value).__name__}'s state through it")
+
+
+def make_mark_copy(original: Callable[..., Any], patch: Patch) -> Callable[..., Any]:
+    """A ``__copy__`` that does what ``copy.copy`` does without one (the class's
+    ``copyreg`` reducer or ``__reduce_ex__(4)``, then ``copy._reconstruct``), with
+    the object marked as being copied while it is reduced, so the wrappers give
+    stock's shallow copy instead of a save's state."""
+
+    def __copy__(self: Any) -> Any:
+        cls = type(self)
+        reductor = copyreg.dispatch_table.get(cls)
+        previous = _copying.target
+        _copying.target = id(self)
+        try:
+            if reductor is not None:
+                reduced = reductor(self)
+            else:
+                reduced = self.__reduce_ex__(4)
+        finally:
+            _copying.target = previous
+        if isinstance(reduced, str):
+            return self
+        return copy._reconstruct(self, None, *reduced)  # type: ignore[attr-defined]
+
+    __copy__.__qualname__ = f"{patch.path[0]}.__copy__"
+    return __copy__
 
 
 def make_safe_load(original: Callable[..., Any], patch: Patch) -> Wrapper:
@@ -262,7 +403,11 @@ def make_safe_load(original: Callable[..., Any], patch: Patch) -> Wrapper:
 #: kind -> factory of the function that replaces the original outright (hot paths).
 REPLACEMENTS: dict[str, Callable[[Callable[..., Any], Patch], Callable[..., Any]]] = {
     "drop_weakref": make_drop_weakref,
+    "mark_copy": make_mark_copy,
 }
+
+#: kind -> a check that the replacement works in this torch, run once it is in place.
+CHECKS: dict[str, Callable[[], None]] = {"drop_weakref": check_drop_weakref}
 
 #: kind -> factory of the wrapt wrapper around the original.
 WRAPPERS: dict[str, Callable[[Callable[..., Any], Patch], Wrapper]] = {
