@@ -52,10 +52,41 @@ def test_every_target_is_wrapped_once_around_pyros_original():
     pyro_pickle_fix.patch()
     for entry in WRAPPED:
         wrapper = current(entry)
+        assert wrapper._self_pyro_pickle_fix == entry.target, entry
         original = wrapper.__wrapped__
         assert type(original) is types.FunctionType, entry  # exactly one layer
+        assert not hasattr(original, "_self_pyro_pickle_fix"), entry
+        if entry.added:
+            continue  # the class has none of its own: the next test checks what runs
         assert original.__module__.split(".")[0] in ("pyro", "torch"), entry
         assert original.__name__ == entry.path[-1], entry
+
+
+def test_an_added_method_runs_what_the_class_inherits():
+    from pyro.contrib.easyguide.easyguide import EasyGuide
+
+    pyro_pickle_fix.unpatch()
+    try:
+        assert "__setstate__" not in vars(EasyGuide)
+        inherited = EasyGuide.__setstate__  # torch.nn.Module's
+    finally:
+        pyro_pickle_fix.patch()
+    calls = []
+
+    def spy(self, state):
+        calls.append(state)
+        inherited(self, state)
+
+    torch.nn.Module.__setstate__ = spy
+    try:
+        from guides import Easy
+
+        guide = object.__new__(Easy)
+        guide.__setstate__({"groups": {}, "plates": {}})
+    finally:
+        torch.nn.Module.__setstate__ = inherited
+    assert calls == [{"groups": {}, "plates": {}}]
+    assert guide.__dict__["plates"] == {}
 
 
 def test_unpatch_restores_the_original_objects_and_patch_rewraps():
