@@ -1,5 +1,7 @@
 """The EasyGuide of Pyro's tutorial: saving it must leave it working (issue: core)."""
 
+import copy
+import gc
 import json
 
 import pyro.poutine as poutine
@@ -84,9 +86,23 @@ def test_original_copy_and_twin_agree_from_the_same_seed(path):
         return values, scenario.train(guide, data, epochs=1)
 
     expected = outputs_from_seed(lambda: outputs(twin))
-    assert_same_tensors(outputs_from_seed(lambda: outputs(original)), expected)
-    if path != "copy":  # copy.copy shares parameters with the original, trained above
+    if path != "copy":
+        assert_same_tensors(outputs_from_seed(lambda: outputs(original)), expected)
         assert_same_tensors(outputs_from_seed(lambda: outputs(copied)), expected)
+        return
+    # copy.copy shares its parameters with the original, so training one trains the
+    # other: each is run with the other collected.  The original, once its copy is
+    # gone (its Groups must still be its own) ...
+    del copied
+    gc.collect()
+    assert_same_tensors(outputs_from_seed(lambda: outputs(original)), expected)
+    # ... and a copy, once its original is gone: it must run through Groups of its
+    # own.  Stock's copy shares the original's Groups, bound to the dead original
+    # ('NoneType' object has no attribute 'map_estimate').
+    copied = copy.copy(trained_guide())
+    gc.collect()
+    assert_same_tensors(outputs_from_seed(lambda: outputs(copied)), expected)
+    assert all(group.guide is copied for group in copied.groups.values())
 
 
 def test_loaded_guide_is_bound_to_itself_and_its_parameters_to_nothing_live():

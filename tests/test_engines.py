@@ -1,15 +1,15 @@
-"""Ray, Dask and multiprocessing ship live guides: on the driver with the fix
-imported, and in workers with worker activation (issue: distributed engines).
+"""Ray and Dask ship live guides: on the driver with the fix imported, and in
+workers with worker activation (issue: distributed engines).
 
 Real engines: a local Ray instance and a Dask LocalCluster of worker processes,
 bounded in time and shut down after.  Skipped where ray or distributed is not
-installed; the ``engines`` nox session installs both.
+installed; the ``engines`` nox session installs both.  multiprocessing pools,
+which need neither, are in test_pools.py and run in every cell.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -96,17 +96,7 @@ def _ray_actor(guide, kwargs):
         ray.kill(actor)
 
 
-def _pool(method):
-    def ship(guide, kwargs):
-        with multiprocessing.get_context(method).Pool(1) as pool:
-            (result,) = pool.starmap_async(sample_in_worker, [(guide, kwargs, SEED)]).get(TIMEOUT)
-        return result
-
-    return ship
-
-
 RAY = {"ray.put+task": _ray_put, "ray task argument": _ray_arg, "ray actor argument": _ray_actor}
-POOLS = {f"multiprocessing {m}": _pool(m) for m in ("fork", "spawn", "forkserver")}
 
 
 def _check_driver_side(kind, ship):
@@ -123,12 +113,6 @@ def _check_driver_side(kind, ship):
 @pytest.mark.parametrize("kind", KINDS)
 def test_ray_leaves_the_drivers_guide_intact(ray_instance, kind, path):
     _check_driver_side(kind, RAY[path])
-
-
-@pytest.mark.parametrize("path", sorted(POOLS))
-@pytest.mark.parametrize("kind", KINDS)
-def test_multiprocessing_leaves_the_drivers_guide_intact(kind, path):
-    _check_driver_side(kind, POOLS[path])
 
 
 @pytest.mark.parametrize("how", ["submit", "scatter"])
@@ -198,8 +182,9 @@ def test_dask_registration_holds_in_either_import_order(order):
 
 
 # Everything above, with the fix disabled on the driver: the corruption shows.
+# (multiprocessing pools: test_pools.py.)
 STOCK = """
-import json, multiprocessing, sys
+import json, sys
 sys.path.insert(0, {tests!r})
 import ray, distributed
 from distributed import Client, LocalCluster
@@ -225,8 +210,6 @@ with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
             ray.remote(sample_in_worker).remote(ray.put(g), k, 7), timeout=120))
         ship("dask submit", kind, lambda g, k: client.submit(
             sample_in_worker, g, k, 7, pure=False).result(timeout=120))
-        ship("spawn", kind, lambda g, k: multiprocessing.get_context("spawn").Pool(1).apply(
-            sample_in_worker, (g, k, 7)))
     from engine_work import Trainer
     actor = ray.remote(Trainer).remote("AutoNormal")
     ray.get(actor.checkpoint.remote(), timeout=120)
@@ -257,7 +240,7 @@ def test_without_the_fix_every_engine_corrupts_the_drivers_guide():
     assert dask["logged"] > 0  # "Failed to serialize <weakref ...>", with tracebacks
     worker = found.pop("ray worker")  # a Ray worker without worker activation
     assert worker["fix"] is False and worker["intact"] is False, worker
-    assert len(found) == 3 * len(KINDS)
+    assert len(found) == 2 * len(KINDS)
     for case, outcome in found.items():
         # AutoGuide clears _model/master; every PyroModule loses pyro's weakref.
         assert outcome["changed"] is True, case

@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import warnings
@@ -73,10 +74,15 @@ def _plain_models() -> dict[str, torch.nn.Module]:
     deep = torch.nn.Sequential(
         *[torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh()) for _ in range(33)]
     )
+    tied = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4))
+    tied[2].weight = tied[0].weight  # one Parameter in two modules: the copy must share it
+    holds = HoldsGroups()
+    holds.linear.weight.note = "a Python attribute"  # a tensor __dict__ torch writes
     return {
         "grouped Conv2d": torch.nn.Conv2d(4, 4, 3, groups=2),
-        "a module holding a dict named groups": HoldsGroups(),
+        "a module holding a dict named groups": holds,
         "a ~100-module model": deep,
+        "tied weights": tied,
     }
 
 
@@ -84,6 +90,7 @@ INPUTS = {
     "grouped Conv2d": torch.ones(1, 4, 5, 5),
     "a module holding a dict named groups": torch.ones(2, 3),
     "a ~100-module model": torch.ones(2, 4),
+    "tied weights": torch.ones(2, 4),
 }
 
 
@@ -94,6 +101,7 @@ def with_and_without_the_fix(work):
         if not fix:
             pyro_pickle_fix.unpatch()
         try:
+            assert pyro_pickle_fix.is_patched() is fix  # else both sides run the same code
             torch.manual_seed(0)
             results[fix] = work(_plain_models())
         finally:
@@ -101,39 +109,75 @@ def with_and_without_the_fix(work):
     return results
 
 
-def _through(path: str, module: torch.nn.Module) -> tuple[bytes, torch.nn.Module]:
+def _through(path: str, module: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    """(a digest of what ``path`` writes, what it gives back).  copy and deepcopy
+    write nothing: the digest is of the pickle of their result."""
+    from bytes_written import _pickled, _zip_digest  # the canonical digests, masked
+
     if path == "torch.save":
         buffer = io.BytesIO()
         torch.save(module, buffer)
         data = buffer.getvalue()
-        return data, torch.load(io.BytesIO(data), weights_only=False)
+        return _zip_digest(data), torch.load(io.BytesIO(data), weights_only=False)
     copied = copy.deepcopy(module) if path == "deepcopy" else copy.copy(module)
-    return b"", copied
+    return _pickled(5)(copied), copied
+
+
+def _sharing(module: torch.nn.Module, result: torch.nn.Module) -> list[tuple]:
+    """For every ``__dict__`` value of every submodule of ``result``, and every item
+    of those that are dicts: its place, whether it is the original's object at that
+    place, the first place in ``result`` that holds the same object (tied weights,
+    shared registries), and the attributes of a tensor's own ``__dict__``."""
+    originals = dict(module.named_modules(remove_duplicate=False))
+    first: dict[int, tuple] = {}
+    rows = []
+    for name, sub in result.named_modules(remove_duplicate=False):
+        source = vars(originals[name]) if name in originals else {}
+        for key in sorted(vars(sub)):
+            value = vars(sub)[key]
+            places = [((name, key), value, source.get(key, KeyError))]
+            if isinstance(value, dict):
+                items = source.get(key) if isinstance(source.get(key), dict) else {}
+                places += [((name, key, k), v, items.get(k, KeyError)) for k, v in value.items()]
+            for place, found, original in places:
+                attributes = sorted(vars(found)) if isinstance(found, torch.Tensor) else None
+                rows.append(
+                    (place, found is original, first.setdefault(id(found), place), attributes)
+                )
+    return rows
 
 
 @pytest.mark.slow  # nothing here depends on the pyro-ppl release: once per Python
 @pytest.mark.parametrize("path", ["deepcopy", "copy", "torch.save"])
 def test_plain_torch_modules_are_untouched_by_the_fix(path):
     import pyro.contrib.easyguide  # noqa: F401  (armed everything there is)
+    from support import snapshot
 
     assert vars(torch.nn.Module)["__setstate__"].__module__ == "torch.nn.modules.module"
     assert not hasattr(vars(torch.nn.Module)["__setstate__"], "__wrapped__")
 
-    def through_each(models: dict[str, torch.nn.Module]) -> dict[str, tuple]:
+    def through_each(models: dict[str, torch.nn.Module]) -> dict[str, dict]:
         found = {}
         for name, module in models.items():
-            data, result = _through(path, module)
-            shared = [result.__dict__[k] is module.__dict__[k] for k in module.__dict__]
-            found[name] = (data, result(INPUTS[name]).detach(), sorted(vars(result)), shared)
+            before = snapshot(module, "module")
+            digest, result = _through(path, module)
+            found[name] = {
+                "written": digest,  # torch.save's bytes, or the result pickled
+                "outputs": result(INPUTS[name]).detach(),
+                "attributes": sorted(vars(result)),
+                "sharing": _sharing(module, result),
+                "live changed": before.diff(snapshot(module, "module")),
+            }
         return found
 
     results = with_and_without_the_fix(through_each)
-    for name in results[True]:
-        with_fix, without = results[True][name], results[False][name]
-        # torch.save's bytes hold a random record: the next test compares the rest.
-        assert with_fix[0] == without[0] or path == "torch.save", name
-        assert torch.equal(with_fix[1], without[1]), name
-        assert with_fix[2:] == without[2:], name
+    assert results[True].keys() == results[False].keys() == INPUTS.keys()
+    for name, with_fix in results[True].items():
+        without = results[False][name]
+        assert without["live changed"] == [], name  # torch leaves the live module as it was
+        assert torch.equal(with_fix.pop("outputs"), without.pop("outputs")), name
+        for what in with_fix:
+            assert with_fix[what] == without[what], (name, what)
 
 
 @pytest.mark.slow
@@ -169,14 +213,20 @@ def test_setstate_wrappers_accept_the_state_as_a_keyword():
     other(**easy_kwargs)
 
 
-def test_copy_copy_shares_what_stock_shares():
-    # As stock's shallow copy: the same registries and plate caches as the original.
-    _, guide, _ = build("AutoNormal")
+@pytest.mark.parametrize("kind", ["AutoNormal", "EasyGuide"])
+def test_copy_copy_shares_what_stock_shares(kind):
+    # As stock's shallow copy: the same registries and plate caches as the original
+    # (an EasyGuide's copy is the one a save would give a snapshot of the cache).
+    _, guide, _ = build(kind)
+    guide.plates["a cache entry"] = None
     shallow = copy.copy(guide)
     for name in ("_parameters", "_modules", "_buffers", "plates"):
         assert shallow.__dict__[name] is guide.__dict__[name], name
-    assert shallow.__dict__["_model"] is None  # stock's state drops the model for pickling
-    assert guide.model is not None
+    if kind == "AutoNormal":
+        assert shallow.__dict__["_model"] is None  # stock's state drops it for pickling
+        assert guide.model is not None
+    loaded = pickle.loads(pickle.dumps(guide))
+    assert sorted(loaded.plates) == sorted(guide.plates) and loaded.plates is not guide.plates
 
 
 # PYRO_PICKLE_FIX decides whether the imported fix is on.
