@@ -25,7 +25,7 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["release", "startup", "tests", "engines"]
 
-#: Python -> the torch its cells run.  2.0.1: the oldest torch pyproject allows
+#: Python -> the torch its cells run (a cell may name another).  2.0.1: the oldest torch pyproject allows
 #: (pyro-ppl 1.9 needs 2.0); 2.5.1: the last before torch.load defaulted to
 #: weights_only=True; 2.13.0: a local CPU wheel on 3.11; 2.15.0: the newest.
 TORCH = {"3.10": "2.0.1", "3.11": "2.13.0", "3.12": "2.5.1", "3.13": "2.15.0"}
@@ -37,21 +37,24 @@ TORCH_BUILD_GB = {"2.0.1": 8, "2.5.1": 9, "2.13.0": 2, "2.15.0": 9}
 WRAPT = {"1.17": "wrapt>=1.17,<1.18", "2": "wrapt>=2,<3"}
 #: Every Python we support; pyproject's requires-python and classifiers must agree.
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-#: (Python, pyro-ppl, wrapt).  The first cell of each Python also runs the tests
-#: marked slow (start-up in real venvs, subprocess checks that do not depend on
-#: the pyro-ppl release), so each runs once per Python.
+#: (Python, pyro-ppl, wrapt, torch).  The first cell of each Python also runs the
+#: tests marked slow (start-up in real venvs, subprocess checks that do not depend
+#: on the pyro-ppl release), so each runs once per Python.
 CELLS = [
-    ("3.11", "1.9.1", "2"),
-    ("3.11", "1.8.6", "2"),
-    ("3.11", "1.9.0", "2"),
-    ("3.11", "1.9.2", "2"),
-    ("3.10", "1.9.1", "2"),
-    ("3.10", "1.9.2", "2"),
-    ("3.10", "1.9.1", "1.17"),
-    ("3.12", "1.9.1", "2"),
-    ("3.12", "1.9.2", "2"),
-    ("3.13", "1.9.1", "2"),
-    ("3.13", "1.9.2", "2"),
+    ("3.11", "1.9.1", "2", "2.13.0"),
+    ("3.11", "1.8.6", "2", "2.13.0"),
+    ("3.11", "1.9.0", "2", "2.13.0"),
+    ("3.11", "1.9.2", "2", "2.13.0"),
+    # torch 2.0 on Python 3.11+: torch.nn.Module has no __getstate__ of its own
+    # there, so a module's state is its live __dict__ (object.__getstate__).
+    ("3.11", "1.9.1", "2", "2.0.1"),
+    ("3.10", "1.9.1", "2", "2.0.1"),
+    ("3.10", "1.9.2", "2", "2.0.1"),
+    ("3.10", "1.9.1", "1.17", "2.0.1"),
+    ("3.12", "1.9.1", "2", "2.5.1"),
+    ("3.12", "1.9.2", "2", "2.5.1"),
+    ("3.13", "1.9.1", "2", "2.15.0"),
+    ("3.13", "1.9.2", "2", "2.15.0"),
 ]
 #: (Python, pyro-ppl): the engines on the torch we test most, and on the newest.
 ENGINE_CELLS = [("3.11", "1.9.1"), ("3.11", "1.9.2"), ("3.13", "1.9.2")]
@@ -78,8 +81,10 @@ print(json.dumps(said))
 """
 
 
-def _cell_id(python: str, pyro: str, wrapt: str) -> str:
-    return f"py{python}-pyro{pyro}-wrapt{wrapt}"
+def _cell_id(python: str, pyro: str, wrapt: str, torch: str) -> str:
+    # A cell on its Python's own torch is named without it.
+    suffix = "" if TORCH[python] == torch else f"-torch{torch}"
+    return f"py{python}-pyro{pyro}-wrapt{wrapt}{suffix}"
 
 
 def _site_packages(session: nox.Session, python: str = "python") -> str:
@@ -99,16 +104,16 @@ def _check_disk(session: nox.Session, version: str) -> None:
         )
 
 
-def share_torch(session: nox.Session) -> None:
-    """Give the session's venv its Python's torch (:data:`TORCH`) from a
-    per-Python environment, made once (a CUDA build of 3-5 GB on Pythons without
-    a local CPU wheel).
+def share_torch(session: nox.Session, version: str | None = None) -> None:
+    """Give the session's venv a torch (by default its Python's, :data:`TORCH`)
+    from a per-Python environment, made once (a CUDA build of 3-5 GB on Pythons
+    without a local CPU wheel).
 
     ``python3 dev.py matrix`` builds these in a second nox process (the ``torch``
     session) while the first runs cells; a lock directory makes exactly one
     process build each, and the other wait for it.
     """
-    version = TORCH[str(session.python)]
+    version = version or TORCH[str(session.python)]
     wanted = [f"torch=={version}", *TORCH_EXTRAS.get(version, [])]
     base = os.path.abspath(os.path.join(".nox", f"torch-{version}-py{session.python}"))
     base_python = os.path.join(base, "bin", "python")
@@ -141,12 +146,16 @@ def share_torch(session: nox.Session) -> None:
     session.env["PIP_CONSTRAINT"] = constraints
 
 
+#: (Python, torch) in the order the cells need them, so the first cell waits for
+#: one download only.
+TORCHES = list(dict.fromkeys((cell[0], cell[3]) for cell in CELLS))
+
+
 @nox.session
-# In the order the cells need them, so the first cell waits for one download only.
-@nox.parametrize("python", list(dict.fromkeys(cell[0] for cell in CELLS)))
-def torch(session: nox.Session) -> None:
-    """Build the per-Python torch environment ahead of the cells that share it."""
-    share_torch(session)
+@nox.parametrize("python,version", TORCHES, ids=[f"py{p}-torch{t}" for p, t in TORCHES])
+def torch(session: nox.Session, version: str) -> None:
+    """Build a torch environment ahead of the cells that share it."""
+    share_torch(session, version)
 
 
 def wheel() -> str:
@@ -193,14 +202,14 @@ def startup(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("python,pyro,wrapt", CELLS, ids=[_cell_id(*cell) for cell in CELLS])
-def tests(session: nox.Session, pyro: str, wrapt: str) -> None:
-    """The suite against one Python x pyro-ppl x wrapt, with the wheel installed;
-    then ``check --json`` for the compatibility table."""
-    share_torch(session)
+@nox.parametrize("python,pyro,wrapt,torch", CELLS, ids=[_cell_id(*cell) for cell in CELLS])
+def tests(session: nox.Session, pyro: str, wrapt: str, torch: str) -> None:
+    """The suite against one Python x pyro-ppl x wrapt x torch, with the wheel
+    installed; then ``check --json`` for the compatibility table."""
+    share_torch(session, torch)
     session.install(f"pyro-ppl=={pyro}", WRAPT[wrapt], f"{wheel()}[test]")
-    cell = _cell_id(str(session.python), pyro, wrapt)
-    first = next(c for c in CELLS if c[0] == session.python) == (session.python, pyro, wrapt)
+    cell = _cell_id(str(session.python), pyro, wrapt, torch)
+    first = next(c for c in CELLS if c[0] == session.python) == (session.python, pyro, wrapt, torch)
     os.makedirs(RESULTS, exist_ok=True)
     result = os.path.join(RESULTS, cell)
     marker = [] if first else ["-m", "not slow"]
@@ -229,7 +238,7 @@ def tests(session: nox.Session, pyro: str, wrapt: str) -> None:
 @nox.session
 @nox.parametrize("python,pyro", ENGINE_CELLS, ids=[f"py{p}-pyro{v}" for p, v in ENGINE_CELLS])
 def engines(session: nox.Session, pyro: str) -> None:
-    """Real Ray and Dask clusters and multiprocessing pools shipping guides."""
+    """Real Ray and Dask clusters shipping guides (multiprocessing pools run in every cell)."""
     share_torch(session)
     session.install(f"pyro-ppl=={pyro}", WRAPT["2"], f"{wheel()}[test]", *ENGINES)
     session.run(
