@@ -25,8 +25,8 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["release", "startup", "tests", "engines"]
 
-#: Python -> the torch its cells run (a cell may name another).  2.0.1: the oldest torch pyproject allows
-#: (pyro-ppl 1.9 needs 2.0); 2.5.1: the last before torch.load defaulted to
+#: Python -> the torch its cells run (a cell may name another).  2.0.1: the oldest
+#: torch pyproject allows (pyro-ppl 1.9 needs 2.0); 2.5.1: the last before torch.load defaulted to
 #: weights_only=True; 2.13.0: a local CPU wheel on 3.11; 2.15.0: the newest.
 TORCH = {"3.10": "2.0.1", "3.11": "2.13.0", "3.12": "2.5.1", "3.13": "2.15.0"}
 #: What a torch needs beside it: torch 2.0 was built against NumPy 1.

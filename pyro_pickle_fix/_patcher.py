@@ -115,8 +115,7 @@ def _apply(entry: Patch) -> None:
         with _lock:
             needs = ", ".join(m.replace(":", ".") for m in missing)
             _skipped[entry.target] = (
-                f"needs {needs}, which is not in place, so pyro's own method runs "
-                "(stock behaviour)"
+                f"needs {needs}, which is not in place, so pyro's own method runs (stock behaviour)"
             )
             _degraded.add(entry.target)
         return
@@ -193,7 +192,7 @@ class _Wrapped:
             self.added = entry.added and name not in vars(owner)
             if entry.kind in REPLACEMENTS:
                 wrapper = REPLACEMENTS[entry.kind](original, entry)
-                wrapper.__wrapped__ = original
+                wrapper.__wrapped__ = original  # type: ignore[attr-defined]
             else:
                 import wrapt
 

@@ -54,7 +54,7 @@ class _Inert:
 def _sole_holder_count() -> int:
     # What _held_by_more says of a value that one __dict__ and its private copy
     # hold, and nothing else: calibrated on this interpreter, not assumed.
-    owner = {"x": {}}
+    owner: dict[str, Any] = {"x": {}}
     return _held_by_more(owner.copy(), "x", -1)
 
 
@@ -326,8 +326,12 @@ def make_drop_weakref(original: Callable[..., Any], patch: Patch) -> Callable[..
     writes the tensor exactly as after stock pyro's pop of it from the live tensor.
 
     Any other state is returned as it is; ``copy.copy`` of a tensor keeps the
-    weakref, as stock's copy does.  torch calls this for every tensor it pickles, so
-    it is a plain function in place of the original, not a wrapt wrapper: wrapt's
+    weakref, as stock's copy does.  The weakref is left out whatever the pickler.
+    Under one that can write it (dill), stock writes it for a tensor it has not
+    popped, and whether it has depends on the saves before and the pyro.param()
+    calls since: pyro puts back the very weakref object it had, so nothing here can
+    tell.  Both files load the same tensors.  torch calls this for every tensor it
+    pickles, so it is a plain function in place of the original, not a wrapt wrapper: wrapt's
     call costs ~6,000 instructions, 3% of writing a small tensor with torch.save.
     """
 
@@ -363,7 +367,9 @@ def check_drop_weakref() -> None:
         try:
             loaded = pickle.loads(pickle.dumps(value))
         except Exception as error:
-            raise RuntimeError(f"torch cannot pickle a {type(value).__name__} through it ({error!r})") from None
+            raise RuntimeError(
+                f"torch cannot pickle a {type(value).__name__} through it ({error!r})"
+            ) from None
         if value.__dict__.get(_WEAKREF) is not link or _WEAKREF in loaded.__dict__:
             raise RuntimeError(f"torch does not read a {type(value).__name__}'s state through it")
 
@@ -380,10 +386,7 @@ def make_mark_copy(original: Callable[..., Any], patch: Patch) -> Callable[..., 
         previous = _copying.target
         _copying.target = id(self)
         try:
-            if reductor is not None:
-                reduced = reductor(self)
-            else:
-                reduced = self.__reduce_ex__(4)
+            reduced = reductor(self) if reductor is not None else self.__reduce_ex__(4)
         finally:
             _copying.target = previous
         if isinstance(reduced, str):

@@ -1,5 +1,5 @@
 """What one interpreter writes for each object the suite knows, along pickle
-protocols 2-5 and ``torch.save``: ``python bytes_written.py`` prints JSON
+protocols 2-5, ``torch.save`` and dill: ``python bytes_written.py`` prints JSON
 ``{"object / path": digest or "cannot write: error"}``.
 
 The tests run it twice, with the fix off (stock pyro) and on, and compare.  Each
@@ -119,9 +119,25 @@ def _torch_saved(obj: Any) -> str:
     return _zip_digest(buffer.getvalue())
 
 
+def _dilled(obj: Any) -> str:
+    """dill, which (unlike pickle) can write a weakref: for these objects stock pops
+    pyro's weakref before they are written, so the fix must write the same."""
+    import dill
+
+    class Pickler(dill.Pickler):  # type: ignore[misc]
+        persistent_id = _Pickler.persistent_id
+
+    buffer = io.BytesIO()
+    pickler = Pickler(buffer, 4)
+    pickler.storages, pickler.digest = {}, hashlib.sha256()
+    pickler.dump(obj)
+    return canonical(buffer.getvalue()) + pickler.digest.hexdigest()[:16]
+
+
 PATHS: dict[str, Callable[[Any], str]] = {
     **{f"pickle{p}": _pickled(p) for p in range(2, 6)},
     "torch.save": _torch_saved,
+    "dill": _dilled,
 }
 
 

@@ -51,7 +51,7 @@ def written() -> tuple[dict[str, str], dict[str, str]]:
 def test_every_object_along_every_path_is_written_as_stock_writes_it():
     stock, fixed = written()
     assert stock.keys() == fixed.keys()
-    assert len(stock) == 16 * 5 + 1  # every object x pickle 2-5 and torch.save, and save()
+    assert len(stock) == 16 * 6 + 1  # every object x pickle 2-5, torch.save, dill; save()
     cannot = {key: value for key, value in stock.items() if value.startswith("cannot write")}
     assert cannot == {}, cannot  # stock writes each of these objects (and mutates its twin)
     different = [key for key in stock if stock[key] != fixed[key]]
@@ -286,3 +286,55 @@ def test_unpatch_reports_a_wrapper_someone_put_on_top_of_ours():
         pyro_pickle_fix.patch()
     assert pyro_pickle_fix.is_patched()
     assert pyro.get_param_store() is not None
+
+
+DILL_CHECKPOINT = """
+import io, json, pickletools, zipfile
+import dill, pyro, torch
+import pyro.distributions as dist
+from pyro.infer import SVI, Trace_ELBO
+import pyro_pickle_fix  # noqa: F401  (PYRO_PICKLE_FIX decides)
+
+torch.manual_seed(0)
+net = torch.nn.Linear(3, 1)
+x, y = torch.randn(10, 3), torch.randn(10)
+
+def model():
+    pyro.module("m", net)
+    pyro.sample("obs", dist.Normal(net(x).squeeze(-1), 1.0).to_event(1), obs=y)
+
+def guide():
+    pyro.module("m", net)
+
+SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO()).step()
+buffer = io.BytesIO()
+torch.save(net, buffer, pickle_module=dill)
+with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+    data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+names = sorted({arg for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"})
+buffer.seek(0)
+loaded = torch.load(buffer, pickle_module=dill, weights_only=False)
+print(json.dumps({
+    "globals": names,
+    "live_weakrefs": ["unconstrained" in p.__dict__ for p in net.parameters()],
+    "loaded": [[p.tolist(), "unconstrained" in p.__dict__] for p in loaded.parameters()],
+}))
+"""
+
+
+def test_under_dill_the_fix_leaves_out_the_weakref_that_stock_writes():
+    pytest.importorskip("dill")
+    stock = run_json(DILL_CHECKPOINT, fix=False)
+    fixed = run_json(DILL_CHECKPOINT, fix=True)
+    # dill can write a weakref: stock writes pyro's, and each parameter twice over ...
+    assert "dill._dill _create_weakref" in stock["globals"]
+    assert "torch._utils _rebuild_parameter_with_state" in stock["globals"]
+    # ... the fix writes the parameters as stock writes them after its pop ...
+    assert "dill._dill _create_weakref" not in fixed["globals"]
+    assert "torch._utils _rebuild_parameter_with_state" not in fixed["globals"]
+    assert "torch._utils _rebuild_parameter" in fixed["globals"]
+    # ... both files give back the same parameters, neither with a weakref ...
+    assert fixed["loaded"] == stock["loaded"]
+    assert all(not weakref for _, weakref in stock["loaded"])
+    # ... and the live parameters keep theirs (stock's plain module was never popped).
+    assert fixed["live_weakrefs"] == stock["live_weakrefs"] == [True, True]
