@@ -75,6 +75,8 @@ safe = rows["pyro.params.param_store.ParamStoreDict.load"].wrapped
 try:
     pyro.get_param_store().load(path)
     said = "loads, weights-only" if safe else "loads, trusting the file"
+    if safe and pyro_pickle_fix.status().advisory:  # torch < 2.10
+        said += " (not safe for a file you did not make: torch advisory)"
 except Exception as error:
     said = "fails: " + type(error).__name__
 print(json.dumps(said))

@@ -16,7 +16,12 @@ if TYPE_CHECKING:
     from ._loading import safe_globals
     from ._patcher import Status, TargetStatus, is_patched, patch, status, unpatch
     from .diagnostics.audit import AuditReport, audit
-    from .errors import DeadReferenceError, PyroPickleFixWarning, UntrustedGlobalError
+    from .errors import (
+        DeadReferenceError,
+        PyroPickleFixWarning,
+        UntrustedContentError,
+        UntrustedGlobalError,
+    )
     from .integrations.dask_worker import DaskWorkerPlugin
 
 __version__ = "0.2.0"
@@ -28,6 +33,7 @@ __all__ = [
     "PyroPickleFixWarning",
     "Status",
     "TargetStatus",
+    "UntrustedContentError",
     "UntrustedGlobalError",
     "audit",
     "is_patched",
@@ -44,6 +50,7 @@ _API = {
     "DaskWorkerPlugin": "integrations.dask_worker",
     "DeadReferenceError": "errors",
     "PyroPickleFixWarning": "errors",
+    "UntrustedContentError": "errors",
     "UntrustedGlobalError": "errors",
     "Status": "_patcher",
     "TargetStatus": "_patcher",

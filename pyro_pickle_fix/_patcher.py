@@ -358,12 +358,20 @@ class Status:
     """What is patched in this interpreter, per target; ``str()`` is a readable table."""
 
     def __init__(
-        self, pyro: str | None, python: str, active: bool, targets: list[TargetStatus]
+        self,
+        pyro: str | None,
+        python: str,
+        active: bool,
+        targets: list[TargetStatus],
+        advisory: str | None = None,
     ) -> None:
         self.pyro = pyro
         self.python = python
         self.active = active
         self.targets = targets
+        #: The published advisories against this torch's weights-only loading
+        #: (None from torch 2.10 on, or when torch is not installed).
+        self.advisory = advisory
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -371,6 +379,7 @@ class Status:
             "python": self.python,
             "active": self.active,
             "targets": [row.as_dict() for row in self.targets],
+            "advisory": self.advisory,
         }
 
     def __str__(self) -> str:
@@ -384,6 +393,8 @@ class Status:
             lines.append(
                 f"{row.target:58} {answer[row.wrapped]:8} {answer[row.needed]:8} {row.note}"
             )
+        if self.advisory:
+            lines.append(f"advisory: {self.advisory}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -424,4 +435,12 @@ def status() -> Status:
                 if pyro is not None and bug.present(pyro, python, torch) is not False
             ]
             rows.append(TargetStatus(entry.dotted, wrapped, needed, note, bugs))
-    return Status(version, ".".join(map(str, python)), active, rows)
+    from ._loading import advisory
+
+    return Status(
+        version,
+        ".".join(map(str, python)),
+        active,
+        rows,
+        advisory(torch) if torch is not None else None,
+    )

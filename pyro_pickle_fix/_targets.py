@@ -294,6 +294,29 @@ PATCHES: tuple[Patch, ...] = (
         kind="safe_load",
     ),
     Patch(
+        "pyro.optim.optim:PyroOptim.load",
+        (
+            # 1.9.2 passes weights_only=False, for torch 2.6's new default.
+            Bug(
+                "loads with weights_only=False: an optimizer file runs whatever code it holds",
+                pyro_min=(1, 9, 2),
+            ),
+            # Earlier releases take torch.load's default, weights-only from torch 2.6.
+            Bug(
+                "loads with torch.load's default, weights_only=False before torch 2.6: "
+                "an optimizer file runs whatever code it holds",
+                pyro_max=(1, 9, 1),
+                torch_max=(2, 5),
+            ),
+            # Even weights-only: torch rebuilds it as a view that repeats the file's data.
+            Bug(
+                "loads a tensor that repeats the file's data (stride 0): a few KB in "
+                "the file become a tensor of any size"
+            ),
+        ),
+        kind="safe_load",
+    ),
+    Patch(
         "pyro.poutine.guide:GuideMessenger.__getstate__",
         (
             Bug(

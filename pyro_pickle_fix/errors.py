@@ -24,6 +24,17 @@ class UntrustedGlobalError(pickle.UnpicklingError):
         self.name = name
 
 
+class UntrustedContentError(pickle.UnpicklingError):
+    """A file loaded weights-only holds what pyro never writes there (a cycle, deep
+    nesting, an object of another type, a tensor that repeats its data far beyond
+    what the file holds); it was not loaded, and nothing was changed."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        #: Where in the loaded state, e.g. ``constraints['x'].base_constraint``.
+        self.where = where
+
+
 class InstallError(Exception):
     """Start-up activation could not be changed; the message says what to do."""
 
