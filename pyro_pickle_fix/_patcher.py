@@ -108,9 +108,12 @@ def _apply(entry: Patch) -> None:
     with _lock:
         if not _armed or entry.target in _applied or entry.target in _skipped:
             return
-    for required in entry.requires:
+    # (A requirement in a package that is not installed is moot: without torch, no
+    # tensor carries pyro's weakref.)
+    requires = [r for r in entry.requires if _installed(BY_TARGET[r].module.split(".")[0])]
+    for required in requires:
         _apply(BY_TARGET[required])
-    missing = [required for required in entry.requires if required not in _applied]
+    missing = [required for required in requires if required not in _applied]
     if missing:
         with _lock:
             needs = ", ".join(m.replace(":", ".") for m in missing)
@@ -253,7 +256,10 @@ def _resolve(entry: Patch) -> tuple[Any, str, Any]:
     if owner is None:
         import importlib
 
-        owner = importlib.import_module(entry.module)
+        try:
+            owner = importlib.import_module(entry.module)
+        except ImportError as error:
+            raise LookupError(f"{entry.module} cannot be imported ({error})") from None
     *path, name = entry.path
     distribution = "torch" if entry.module.split(".")[0] == "torch" else "pyro-ppl"
     release = f"{distribution} {installed_version(distribution)}"
