@@ -527,26 +527,25 @@ def make_safe_store_load(original: Callable[..., Any], patch: Patch) -> Wrapper:
         )
         raise Unsupported(reason)
 
-    def safe_load(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        filename, map_location = _bind(*args, **kwargs)
-        instance.set_state(load_state(filename, map_location))
-
-    return safe_load
+    return _setting_state_from(load_state)
 
 
 def make_safe_optim_load(original: Callable[..., Any], patch: Patch) -> Wrapper:
     """``PyroOptim.load(filename, map_location=None)`` through :func:`load_optim_state`
     (every torch: it needs no allowlist)."""
+    return _setting_state_from(load_optim_state)
 
-    def safe_optim_load(
+
+def _setting_state_from(load: Callable[[Any, Any], Any]) -> Wrapper:
+    """``instance.load(filename, map_location=None)`` as ``instance.set_state(load(...))``."""
+
+    def safe_load(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         filename, map_location = _bind(*args, **kwargs)
-        instance.set_state(load_optim_state(filename, map_location))
+        instance.set_state(load(filename, map_location))
 
-    return safe_optim_load
+    return safe_load
 
 
 #: target -> the factory of its weights-only load.

@@ -81,3 +81,17 @@ def outputs_from_seed(run: Callable[[], Any], seed: int = 1) -> Any:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     return run()
+
+
+def stock_error(statement: str) -> str | None:
+    """``statement`` run after ``import json, pyro`` with the fix off: the type name of
+    what it raised, or None."""
+    return run_json(
+        "import json, pyro\n"
+        "try:\n"
+        f"    {statement}; error = None\n"
+        "except Exception as e:\n"
+        "    error = type(e).__name__\n"
+        "print(json.dumps(error))",
+        fix=False,
+    )

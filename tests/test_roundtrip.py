@@ -12,7 +12,7 @@ import pytest
 import torch
 from guides import build, train
 from scratch_env import bare_env, link_dependencies
-from support import PYRO, assert_same_tensors, run_json
+from support import PYRO, assert_same_tensors, run_json, stock_error
 
 import pyro_pickle_fix
 
@@ -130,15 +130,7 @@ def test_a_malicious_file_is_refused_and_none_of_it_runs(tmp_path):
 def test_stock_1_9_2_runs_the_code_in_a_param_store_file(tmp_path):
     path, marker = tmp_path / "evil.pt", tmp_path / "ran"
     _malicious_file(path, marker)
-    found = run_json(
-        "import json, pyro\n"
-        "try:\n"
-        f"    pyro.get_param_store().load({str(path)!r}); error = None\n"
-        "except Exception as e:\n"
-        "    error = type(e).__name__\n"
-        "print(json.dumps(error))",
-        fix=False,
-    )
+    found = stock_error(f"pyro.get_param_store().load({str(path)!r})")
     # 1.9.2 trusts every file; older releases trust it where torch.load does (< 2.6).
     assert marker.exists() is (PYRO >= (1, 9, 2) or TORCH < (2, 6)), found
 
