@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 from support import run_json
 
+# The mechanics tried here do not depend on the pyro-ppl release: in the matrix they
+# run once per Python and torch.
+pytestmark = pytest.mark.slow
+
 TESTS = Path(__file__).parent
 HEADER = f"import json, sys\nsys.path.insert(0, {str(TESTS)!r})\n"
 
