@@ -5,10 +5,14 @@
     python3 dev.py test     # linters + the test suite in .venv (a few minutes)
     python3 dev.py matrix   # the release check, every Python x pyro-ppl x wrapt,
                             # the engines (Ray, Dask), and the compatibility table
+    python3 dev.py mutants  # the mutation check: removing any entry or repair of
+                            # the patch table must fail a fast test (after matrix,
+                            # whose cells run the mutants .venv cannot test)
 
 Each creates (or reuses) ``.venv`` and installs what it needs into it.  torch is
 pinned to 2.13.0: on this project's machines an unpinned torch pulls a multi-GB
-CUDA build.  Arguments after the command go to pytest (``test``) or nox (``matrix``).
+CUDA build.  Arguments after the command go to pytest (``test``), nox (``matrix``)
+or ``tools/mutants.py`` (``mutants``: ``--only TARGET``, ``--python PATH``, ``--list``).
 """
 
 from __future__ import annotations
@@ -97,8 +101,12 @@ def matrix(args: list[str]) -> int:
     return code or prefetch.returncode or table
 
 
+def mutants(args: list[str]) -> int:
+    return run(str(PYTHON), "tools/mutants.py", *args)
+
+
 def main(argv: list[str]) -> int:
-    commands = {"test": test, "matrix": matrix}
+    commands = {"test": test, "matrix": matrix, "mutants": mutants}
     if not argv or argv[0] not in ("check", *commands):
         print(__doc__.strip(), file=sys.stderr)
         return 2

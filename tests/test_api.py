@@ -299,3 +299,14 @@ def test_a_failing_trigger_warns_and_leaves_the_import_working(monkeypatch):
         str(w.message) for w in caught if w.category is pyro_pickle_fix.PyroPickleFixWarning
     ]
     assert len(messages) == 1 and "RuntimeError('boom')" in messages[0]
+
+
+def test_activation_gives_no_warning():
+    from conftest import ACTIVATION_WARNINGS
+
+    ours = [
+        str(w.message)
+        for w in ACTIVATION_WARNINGS
+        if issubclass(w.category, pyro_pickle_fix.PyroPickleFixWarning)
+    ]
+    assert ours == []
