@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from support import run_json
 
-# The mechanics tried here do not depend on the pyro-ppl release: in the matrix they
-# run once per Python and torch.
-pytestmark = pytest.mark.slow
+# The mechanics tried here do not depend on the pyro-ppl release: in the matrix most
+# run once per Python and torch (slow).  The weakref-halves tests run in every cell:
+# the mutation check, which runs the fast tests, needs them to notice a lost hook.
 
 TESTS = Path(__file__).parent
 HEADER = f"import json, sys\nsys.path.insert(0, {str(TESTS)!r})\n"
@@ -54,6 +54,7 @@ print(json.dumps(found))
 """
 
 
+@pytest.mark.slow
 def test_leaf_tensors_keep_the_alias_between_two_transforms():
     stock, fixed = both(IAF_ALIASES)
     # Stock writes the one tensor once; its deepcopy fails on the non-leaf tensor.
@@ -82,6 +83,7 @@ print(json.dumps(found))
 """
 
 
+@pytest.mark.slow
 def test_a_plate_cache_held_elsewhere_stays_shared_in_the_stream():
     stock, fixed = both(PLATES_ALIAS)
     expected = {path: [True, ["data"]] for path in ("pickle", "torch.save", "deepcopy")}
@@ -146,6 +148,7 @@ print(json.dumps(found))
 """
 
 
+@pytest.mark.slow
 def test_no_finalizer_runs_because_of_a_save():
     stock, fixed = both(FINALIZER)
     # Stock never makes an instance it drops (but the half-built copy of a deepcopy
@@ -154,6 +157,7 @@ def test_no_finalizer_runs_because_of_a_save():
     assert fixed == {"Closing": [0, False], "ClosingEasy": [0, False]}
 
 
+@pytest.mark.slow
 def test_a_failed_save_runs_no_finalizer_either():
     found = run_json(
         HEADER
@@ -206,6 +210,7 @@ print(json.dumps([wrapped, len(calls), bound, restored]))
 """
 
 
+@pytest.mark.slow
 def test_unpatch_puts_back_a_method_the_class_had_before_patch():
     found = run_json(HEADER + OWN_SETSTATE, fix=False)
     # While patched ours wraps theirs (which still runs); unpatch() puts theirs back.
@@ -341,6 +346,7 @@ print(json.dumps(found))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrapt_extensions", ["C", "pure Python"])
 def test_copy_copy_shares_what_stock_shares_through_any_frames(wrapt_extensions):
     env = {"WRAPT_DISABLE_EXTENSIONS": "1"} if wrapt_extensions == "pure Python" else {}
@@ -371,6 +377,7 @@ print(json.dumps(found))
 """
 
 
+@pytest.mark.slow
 def test_a_module_without_getstate_keeps_stocks_sharing():
     stock, fixed = both(NO_MODULE_GETSTATE)
     assert stock["copy shares"] == [True, True]
@@ -397,6 +404,7 @@ print(json.dumps([loaded_before, "wrapt" in sys.modules, pyro_pickle_fix.is_patc
 """
 
 
+@pytest.mark.slow
 def test_patching_imports_nothing_while_it_holds_its_lock():
     # An import callback runs with that module's import lock held and then takes
     # the patcher's lock: importing under the patcher's lock could deadlock.
