@@ -179,7 +179,6 @@ class _Wrapped:
     def __init__(self, entry: Patch, owner: Any, name: str, original: Any) -> None:
         from ._wrappers import CHECKS, REPLACEMENTS, WRAPPERS
 
-        self.kind = entry.kind
         self.checker = CHECKS.get(entry.kind)
         if _ours(original):
             # Another copy of this package (a reload) wrapped it already.
@@ -261,19 +260,25 @@ def _resolve(entry: Patch) -> tuple[Any, str, Any]:
         except ImportError as error:
             raise LookupError(f"{entry.module} cannot be imported ({error})") from None
     *path, name = entry.path
-    distribution = "torch" if entry.module.split(".")[0] == "torch" else "pyro-ppl"
-    release = f"{distribution} {installed_version(distribution)}"
     for part in path:
         try:
             owner = getattr(owner, part)
         except AttributeError:
-            raise LookupError(f"{entry.module} has no {part!r} in {release}") from None
+            raise LookupError(f"{entry.module} has no {part!r} in {_release(entry)}") from None
     original = vars(owner).get(name)
     if entry.added and (original is None or _ours(original)):
         return owner, name, original or _inherited(owner, name)
     if original is None:
-        raise LookupError(f"{'.'.join(path) or entry.module} does not define {name} in {release}")
+        raise LookupError(
+            f"{'.'.join(path) or entry.module} does not define {name} in {_release(entry)}"
+        )
     return owner, name, original
+
+
+def _release(entry: Patch) -> str:
+    """The installed release the target belongs to, for a message (read only then)."""
+    distribution = "torch" if entry.module.split(".")[0] == "torch" else "pyro-ppl"
+    return f"{distribution} {installed_version(distribution)}"
 
 
 def _inherited(owner: type, name: str) -> Any:

@@ -51,19 +51,15 @@ class _Inert:
     act on resources the live object still holds)."""
 
 
-def _sole_holder_count() -> int:
-    # What _held_by_more says of a value that one __dict__ and its private copy
-    # hold, and nothing else: calibrated on this interpreter, not assumed.
-    owner: dict[str, Any] = {"x": {}}
-    return _held_by_more(owner.copy(), "x", -1)
+def _holders(attributes: dict[str, Any], name: str) -> int:
+    return sys.getrefcount(attributes[name])
 
 
-def _held_by_more(attributes: dict[str, Any], name: str, sole: int) -> int:
-    count = sys.getrefcount(attributes[name])
-    return count if sole < 0 else int(count > sole)
-
-
-_SOLE = _sole_holder_count()
+# What _holders counts for a value that one __dict__ and its private copy hold, and
+# nothing else: calibrated on this interpreter, not assumed.
+_owner: dict[str, Any] = {"x": {}}
+_SOLE = _holders(_owner.copy(), "x")
+del _owner
 
 
 def private_copy(obj: Any, snapshot: tuple[str, ...] = ()) -> Any:
@@ -78,7 +74,7 @@ def private_copy(obj: Any, snapshot: tuple[str, ...] = ()) -> Any:
     """
     attributes = obj.__dict__.copy()
     for name in snapshot:
-        if type(attributes.get(name)) is dict and not _held_by_more(attributes, name, _SOLE):
+        if type(attributes.get(name)) is dict and _holders(attributes, name) <= _SOLE:
             attributes[name] = attributes[name].copy()
     clone = object.__new__(type(obj))
     object.__setattr__(clone, "__dict__", attributes)
