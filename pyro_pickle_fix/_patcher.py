@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import sys
+import threading
 
 from . import _trigger as trigger
 from ._targets import BY_TARGET, KNOWN_PYRO, PATCHES, Patch, parse_version
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
 _lock = _thread.RLock()
 _armed = False
+# unpatch() is under way (it waits for saves outside the lock); patch() waits for it.
+_unpatching = False
+_unpatched = threading.Condition(_lock)
 # target -> what was done to it (a _Wrapped, or an integrations.dask.DaskRegistration),
 # in the order it was done: unpatch() undoes it in the reverse order, so a repair is
 # always removed before what it requires.
@@ -34,46 +38,97 @@ _warned_unknown_pyro = False
 def patch() -> None:
     """Wrap every target whose module is imported; arm the rest for their import.
 
-    Idempotent: there is never more than one wrapper layer on a target.
+    Idempotent: there is never more than one wrapper layer on a target.  Waits
+    for an :func:`unpatch` under way in another thread to finish.
     """
     global _armed
     with _lock:
+        while _unpatching:
+            _unpatched.wait()
         if _armed:
             return
         _armed = True
+        for target in _applied:  # what an earlier unpatch() left in place is ours again
+            _skipped.pop(target, None)
     # Outside the lock: a callback may run now and import (wrapt, a target's module).
     for entry in PATCHES:
         trigger.when_imported(entry.trigger, _applier(entry))
 
 
-def unpatch() -> None:
+def unpatch(*, wait: float = 10.0) -> None:
     """Put back exactly what each target was before :func:`patch` (a method the
     class did not have is removed again) and disarm the pending imports.
 
-    Repairs are removed before what they require, so a save in another thread
-    never meets a half that is unsafe alone.  A wrapper that another library has
+    A save that another thread has under way keeps the fix to its end: a save
+    that has taken a state holding pyro's live registries still needs the
+    tensor-state hook for the tensors it has yet to write, so the hook is taken
+    out last, once those saves are written (up to ``wait`` seconds; after that it
+    stays, with a warning, until the next ``unpatch()``).  A save that starts
+    after ``unpatch()`` has begun runs stock.  A wrapper that another library has
     wrapped again on top of ours cannot be taken out without removing theirs: it
     stays, with a warning, and :func:`status` shows it as still wrapped.
     """
-    global _armed
+    global _armed, _unpatching
     with _lock:
+        while _unpatching:
+            _unpatched.wait()
+        _unpatching = True
         _armed = False
         trigger.forget_all()
-        for target in reversed(list(_applied)):
-            outer = _applied[target].remove()
-            if outer is None:
-                del _applied[target]
-            else:
-                _skipped[target] = f"unpatch() could not remove it: {outer} wraps it"
+        saves = _saves()
+        required = {r for entry in PATCHES for r in entry.requires}
+        last = [t for t in _applied if t in required]
+        if saves is not None:
+            saves.closing = True  # (read under saves.lock; a bool store is atomic)
+        # Repairs before what they require: the reverse of the order they went in.
+        _remove([t for t in reversed(_applied) if t not in required])
+    drained = False
+    try:
+        # Outside the lock: the saves may need it (an import, status()).
+        drained = saves is None or saves.drain(wait)
+    finally:
+        with _lock:
+            if saves is not None:
+                saves.closing = False
+            if drained:
+                _remove(list(reversed(last)))
+            elif last:
+                for target in last:
+                    _skipped[target] = "unpatch() left it in place: a save still needed it"
                 trigger.warn(
-                    f"could not unpatch {target.replace(':', '.')}: {outer} has wrapped "
-                    "it on top of pyro-pickle-fix, so taking ours out would take theirs "
-                    "too; the fix stays on for it. Unpatch that library first, or start "
-                    "the process with PYRO_PICKLE_FIX=0."
+                    f"unpatch() left {', '.join(t.replace(':', '.') for t in last)} in "
+                    "place: a state that a save took while the fix was on is still held "
+                    f"(by a save still being written after {wait} s, or by this thread), "
+                    "and its tensors need it to be written. Call unpatch() again once "
+                    "that save is done."
                 )
-        for target in [t for t in _skipped if t not in _applied]:
-            del _skipped[target]
-        _degraded.clear()
+            for target in [t for t in _skipped if t not in _applied]:
+                del _skipped[target]
+            _degraded.clear()
+            _unpatching = False
+            _unpatched.notify_all()
+
+
+def _saves() -> Any:
+    """The wrappers' record of saves in flight, if the wrappers are loaded at all."""
+    wrappers = sys.modules.get(__package__ + "._wrappers")
+    return None if wrappers is None else wrappers.SAVES
+
+
+def _remove(targets: list[str]) -> None:
+    """Take each target's wrapper out (with ``_lock`` held), in the order given."""
+    for target in targets:
+        outer = _applied[target].remove()
+        if outer is None:
+            del _applied[target]
+        else:
+            _skipped[target] = f"unpatch() could not remove it: {outer} wraps it"
+            trigger.warn(
+                f"could not unpatch {target.replace(':', '.')}: {outer} has wrapped "
+                "it on top of pyro-pickle-fix, so taking ours out would take theirs "
+                "too; the fix stays on for it. Unpatch that library first, or start "
+                "the process with PYRO_PICKLE_FIX=0."
+            )
 
 
 def is_patched() -> bool:

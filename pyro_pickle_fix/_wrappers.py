@@ -13,11 +13,15 @@ only the top-level ``__dict__`` the original method changes is private.
 
 from __future__ import annotations
 
+import _thread
 import copy
 import copyreg
 import functools
+import gc
+import os
 import sys
 import threading
+import time
 import weakref
 
 from .errors import DeadReferenceError
@@ -120,6 +124,103 @@ def _inert_subclass(cls: type) -> type:
 _INERT: dict[type, type] = {}
 
 
+def _counts(states: list[tuple[int, Any]]) -> list[int]:
+    return [sys.getrefcount(entry[1]) for entry in states]
+
+
+# What _counts gives for a state that nothing but its entry in the list holds.
+_LISTED = _counts([(0, {})])[0]
+
+
+class _Saves:
+    """The saves under way, by the states their wrappers returned.
+
+    Such a state can hold pyro's live registries (a ``hide`` entry's), whose
+    tensors still carry pyro's weakref, which only the tensor-state hook leaves out
+    when they are written, so :func:`~pyro_pickle_fix.unpatch` takes the hook out
+    only once they are written.  Pickle gives no end-of-save signal, but a
+    pickler keeps each state it wrote (its memo) until the save is over: a state is
+    kept here until nothing else holds it, and dropped at the first garbage
+    collection after that (or the next save, or ``unpatch()``).
+    """
+
+    def __init__(self) -> None:
+        self.lock = _thread.allocate_lock()
+        self.running = 0  # wrappers that will return such a state
+        self.states: list[tuple[int, Any]] = []  # (thread id, state)
+        self.closing = False  # unpatch() has begun: a new save runs stock
+        self.prune_at = 64
+        self.collecting = False
+
+    def enter(self) -> bool:
+        """A save begins to take its state; False once unpatch() has begun."""
+        with self.lock:
+            if self.closing:
+                return False
+            self.running += 1
+            return True
+
+    def leave(self, state: Any) -> None:
+        """That save's state is made (None: it failed)."""
+        with self.lock:
+            self.running -= 1
+            if state is None:
+                return
+            self.states.append((_thread.get_ident(), state))
+            if len(self.states) >= self.prune_at:
+                self._prune()
+                self.prune_at = max(64, 2 * len(self.states))
+            if not self.collecting:
+                gc.callbacks.append(_prune_after_collection)
+                self.collecting = True
+
+    def _prune(self) -> None:  # with the lock held
+        self.states[:] = [
+            e for e, n in zip(self.states, _counts(self.states), strict=True) if n > _LISTED
+        ]
+
+    def drain(self, seconds: float) -> bool:
+        """Wait until no save needs the hook; False if some still did after
+        ``seconds``, or if only this thread's own do (waiting cannot end them)."""
+        me = _thread.get_ident()
+        deadline = time.monotonic() + seconds
+        pause = 0.001
+        while True:
+            with self.lock:
+                self._prune()
+                if not self.running and not self.states:
+                    if self.collecting:
+                        gc.callbacks.remove(_prune_after_collection)
+                        self.collecting = False
+                    return True
+                if not self.running and all(thread == me for thread, _ in self.states):
+                    return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+
+    def reset(self) -> None:
+        """After a fork: the child has none of the parent's other threads."""
+        self.lock = _thread.allocate_lock()
+        self.running = 0
+        self.states.clear()
+
+
+SAVES = _Saves()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=SAVES.reset)
+
+
+def _prune_after_collection(phase: str, info: dict[str, Any]) -> None:
+    # A collection can start in any thread, even one holding the lock: never wait.
+    if phase == "stop" and SAVES.states and SAVES.lock.acquire(blocking=False):
+        try:
+            SAVES._prune()
+        finally:
+            SAVES.lock.release()
+
+
 def _check_alive(obj: Any, names: tuple[str, ...]) -> None:
     for name in names:
         ref = obj.__dict__.get(name)
@@ -140,6 +241,7 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
     alive = patch.alive
     leaf_tensors = patch.leaf_tensors
     snapshot = patch.snapshot
+    saves = SAVES
 
     def copy_on_serialize(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -152,46 +254,57 @@ def make_copy_on_serialize(original: Callable[..., Any], patch: Patch) -> Wrappe
         except AttributeError:
             in_flight = _in_flight.ids = set()
         nested = id(instance) in in_flight
-        if nested:
-            target = instance
-        else:
-            # copy.copy shares the containers with the original, as stock's does.
-            copying = snapshot and _copying.target == id(instance)
-            target = private_copy(instance, () if copying else snapshot)
-        hidden = None
-        if hide:
-            attributes = target.__dict__
-            hidden = {}
-            placeholders = {}
-            for name in hide:
-                if name in attributes:
-                    # The original's loop over these registries reaches live tensors
-                    # and submodules; on the private copy it finds nothing.
-                    hidden[name] = value = attributes[name]
-                    attributes[name] = placeholders[name] = type(value)()
-        in_flight.add(id(target))
-        try:
-            state = original(target, *args, **kwargs)
-        except BaseException:
-            if not nested:
-                discard(target, failed=True)
-            raise
-        finally:
-            if not nested:
-                in_flight.discard(id(target))
-            if hidden:
-                attributes.update(hidden)
+        copying = False
         if not nested:
-            discard(target)
-        # (A state that is the private __dict__ itself, as object.__getstate__ gives
-        # where the class has none of its own, has its registries back already.)
-        if hidden and isinstance(state, dict) and state is not attributes:
-            for name, key in hide.items():
-                if name in hidden and key in state:
-                    # The registry itself where the original put it (torch's Module
-                    # state shares it), a copy where the original copied it (get_state).
-                    live = hidden[name]
-                    state[key] = live if state[key] is placeholders[name] else live.copy()
+            # copy.copy shares the containers with the original, as stock's does.
+            copying = _copying.target == id(instance)
+        # A save's state may hold the live registries (taken here, or by a base
+        # class's method through super()): it needs the tensor-state hook until it
+        # is written.  (copy.copy writes no tensor.)
+        exposes = not nested and not copying
+        if exposes and not saves.enter():
+            return wrapped(*args, **kwargs)  # unpatch() has begun: stock
+        state = None
+        try:
+            target = instance if nested else private_copy(instance, () if copying else snapshot)
+            hidden = None
+            if hide:
+                attributes = target.__dict__
+                hidden = {}
+                placeholders = {}
+                for name in hide:
+                    if name in attributes:
+                        # The original's loop over these registries reaches live tensors
+                        # and submodules; on the private copy it finds nothing.
+                        hidden[name] = value = attributes[name]
+                        attributes[name] = placeholders[name] = type(value)()
+            in_flight.add(id(target))
+            try:
+                state = original(target, *args, **kwargs)
+            except BaseException:
+                if not nested:
+                    discard(target, failed=True)
+                raise
+            finally:
+                if not nested:
+                    in_flight.discard(id(target))
+                if hidden:
+                    attributes.update(hidden)
+            if not nested:
+                discard(target)
+            # (A state that is the private __dict__ itself, as object.__getstate__
+            # gives where the class has none of its own, has its registries back.)
+            if hidden and isinstance(state, dict) and state is not attributes:
+                for name, key in hide.items():
+                    if name in hidden and key in state:
+                        # The registry itself where the original put it (torch's Module
+                        # state shares it), a copy where the original copied it
+                        # (get_state).
+                        live = hidden[name]
+                        state[key] = live if state[key] is placeholders[name] else live.copy()
+        finally:
+            if exposes:
+                saves.leave(state)
         if leaf_tensors and isinstance(state, dict):
             _make_leaves(state)
         return state

@@ -422,3 +422,156 @@ def test_unpatch_takes_repairs_out_before_what_they_require():
         "pyro.params.param_store:ParamStoreDict.get_state",
     ):
         assert order.index(partner) > hook  # applied after, so removed before
+
+
+# --- patch/unpatch and saves in other threads ---------------------------------
+
+
+def _save_paused_at_the_first_tensor(guide):
+    """A thread pickling ``guide`` that stops when it reaches its first tensor (the
+    guide's state is taken by then) until ``go`` is set: (thread, reached, go, result)."""
+    import io
+    import pickle
+    import threading
+
+    import torch
+
+    reached, go, result = threading.Event(), threading.Event(), {}
+
+    class Pausing(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, torch.Tensor) and not reached.is_set():
+                reached.set()
+                go.wait(30)
+            return None
+
+    def save():
+        buffer = io.BytesIO()
+        try:
+            Pausing(buffer).dump(guide)
+            result["bytes"] = buffer.getvalue()
+        except Exception as error:
+            result["error"] = repr(error)
+
+    thread = threading.Thread(target=save)
+    thread.start()
+    assert reached.wait(30)
+    return thread, go, result
+
+
+# A guide whose first tensor is in a submodule's state, and a module whose first
+# tensor is in its own (its outermost __getstate__ is the one that hides).
+@pytest.mark.parametrize("kind", ["AutoNormal", "PyroModule"])
+def test_a_save_under_way_in_another_thread_survives_unpatch(kind):
+    import pickle
+    import threading
+
+    from guides import build, outputs
+    from support import assert_same_tensors, outputs_from_seed
+
+    import pyro_pickle_fix
+
+    model, guide, kwargs = build(kind)
+    saver, go, result = _save_paused_at_the_first_tensor(guide)
+    unpatching = threading.Thread(target=pyro_pickle_fix.unpatch)
+    unpatching.start()
+    # unpatch() waits for the save: without that it is done long before this.
+    unpatching.join(1.0)
+    drained = unpatching.is_alive()
+    go.set()
+    saver.join(30)
+    unpatching.join(30)
+    assert "error" not in result, result["error"]
+    assert drained and not unpatching.is_alive()
+    # Then it is off entirely: every target is what it was before patch().
+    assert not any(row.wrapped for row in pyro_pickle_fix.status().targets)
+    loaded = pickle.loads(result["bytes"])
+    expected = outputs_from_seed(lambda: outputs(kind, model, guide, kwargs))
+    if kind == "PyroModule":
+        model = loaded
+    assert_same_tensors(outputs_from_seed(lambda: outputs(kind, model, loaded, kwargs)), expected)
+
+
+def test_a_save_under_way_in_another_thread_survives_patch():
+    import pickle
+
+    from guides import build
+
+    import pyro_pickle_fix
+
+    pyro_pickle_fix.unpatch()
+    _, guide, _ = build("AutoNormal")
+    saver, go, result = _save_paused_at_the_first_tensor(guide)
+    pyro_pickle_fix.patch()
+    go.set()
+    saver.join(30)
+    assert "error" not in result, result["error"]
+    assert type(pickle.loads(result["bytes"])) is type(guide)
+
+
+def test_unpatch_leaves_the_hook_for_a_save_that_outlasts_its_wait():
+    import pickle
+    import warnings
+
+    import pyro_pickle_fix
+
+    hook = "torch._utils._get_obj_state"
+    _, guide, _ = build_autonormal()
+    saver, go, result = _save_paused_at_the_first_tensor(guide)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pyro_pickle_fix.unpatch(wait=0.2)
+    rows = {row.target: row for row in pyro_pickle_fix.status().targets}
+    go.set()
+    saver.join(30)
+    assert "error" not in result, result["error"]
+    pickle.loads(result["bytes"])
+    # Only the hook stayed, said so, and goes with the next unpatch().
+    assert [t for t, row in rows.items() if row.wrapped] == [hook]
+    assert rows[hook].note.startswith("skipped: unpatch() left it in place")
+    assert [str(w.message) for w in caught if hook in str(w.message)], caught
+    pyro_pickle_fix.unpatch()
+    assert not any(row.wrapped for row in pyro_pickle_fix.status().targets)
+
+
+def test_a_save_keeps_nothing_of_the_guide_alive_after_it():
+    import gc
+    import io
+    import weakref
+
+    import pyro
+    import torch
+
+    _, guide, _ = build_autonormal()
+    parameter = next(guide.parameters())
+    torch.save(guide, io.BytesIO())
+    gone = weakref.ref(parameter)
+    del guide, parameter
+    pyro.clear_param_store()  # (pyro keeps a module's parameters there too)
+    gc.collect()
+    assert gone() is None
+
+
+def build_autonormal():
+    from guides import build
+
+    return build("AutoNormal")
+
+
+def test_unpatch_does_not_wait_for_a_state_its_own_thread_holds():
+    import time
+    import warnings
+
+    import pyro_pickle_fix
+
+    _, guide, _ = build_autonormal()
+    state = guide.__getstate__()  # as a save in this thread would hold it
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pyro_pickle_fix.unpatch(wait=30)
+    assert time.monotonic() - start < 10  # nothing it could wait for
+    assert any("left torch._utils._get_obj_state" in str(w.message) for w in caught)
+    del state
+    pyro_pickle_fix.unpatch()
+    assert not any(row.wrapped for row in pyro_pickle_fix.status().targets)
