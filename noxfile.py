@@ -38,8 +38,10 @@ WRAPT = {"1.17": "wrapt>=1.17,<1.18", "2": "wrapt>=2,<3"}
 #: Every Python we support; pyproject's requires-python and classifiers must agree.
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 #: (Python, pyro-ppl, wrapt, torch).  The first cell of each Python and torch also
-#: runs the tests marked slow (start-up in real venvs, subprocess checks that do not
-#: depend on the pyro-ppl release), so each runs once per Python and torch.
+#: runs the tests marked slow (subprocess checks that do not depend on the pyro-ppl
+#: release), so each runs once per Python and torch; those also marked once (the
+#: README's blocks, the command line, start-up in real venvs) run in the first
+#: cell only.
 CELLS = [
     ("3.11", "1.9.1", "2", "2.13.0"),
     ("3.11", "1.8.6", "2", "2.13.0"),
@@ -87,6 +89,16 @@ def _cell_id(python: str, pyro: str, wrapt: str, torch: str) -> str:
     # A cell on its Python's own torch is named without it.
     suffix = "" if TORCH[python] == torch else f"-torch{torch}"
     return f"py{python}-pyro{pyro}-wrapt{wrapt}{suffix}"
+
+
+def _marks(cell: tuple[str, str, str, str]) -> str:
+    """The tests a cell runs: all in the first; the slow ones except those marked
+    ``once`` in the first cell of each other Python and torch; else the fast ones."""
+    if cell == CELLS[0]:
+        return ""
+    if next(c for c in CELLS if (c[0], c[3]) == (cell[0], cell[3])) == cell:
+        return "not once"
+    return "not slow"
 
 
 def _site_packages(session: nox.Session, python: str = "python") -> str:
@@ -211,12 +223,10 @@ def tests(session: nox.Session, pyro: str, wrapt: str, torch: str) -> None:
     share_torch(session, torch)
     session.install(f"pyro-ppl=={pyro}", WRAPT[wrapt], f"{wheel()}[test]")
     cell = _cell_id(str(session.python), pyro, wrapt, torch)
-    # The first cell of each Python and torch runs the tests marked slow.
-    cells = [c for c in CELLS if (c[0], c[3]) == (session.python, torch)]
-    first = cells[0] == (session.python, pyro, wrapt, torch)
     os.makedirs(RESULTS, exist_ok=True)
     result = os.path.join(RESULTS, cell)
-    marker = [] if first else ["-m", "not slow"]
+    marks = _marks((str(session.python), pyro, wrapt, torch))
+    marker = ["-m", marks] if marks else []
     session.run(
         "pytest",
         "-n",

@@ -182,7 +182,8 @@ def test_a_users_own_mutating_getstate_is_reported_with_the_fix(user_path):
     assert "your own class" in done.stdout
 
 
-@pytest.mark.slow  # the same on every pyro-ppl: once per Python
+@pytest.mark.slow  # the command line's work: the same on every Python, torch and pyro-ppl
+@pytest.mark.once
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -201,14 +202,16 @@ def test_bad_input_is_one_clear_line_and_exit_2(user_path, spec, message):
     assert len(lines) == 1 and message in lines[0], done.stderr
 
 
-@pytest.mark.slow  # the same on every pyro-ppl: once per Python
+@pytest.mark.slow  # the command line's work: the same on every Python, torch and pyro-ppl
+@pytest.mark.once
 def test_a_non_pyro_object_is_audited_with_a_note(user_path):
     done = cli(user_path, "user_guides:make_plain", "--paths", "deepcopy")
     assert done.returncode == 0, done.stderr
     assert "note: builtins.dict is not a Pyro object; audited anyway" in done.stdout
 
 
-@pytest.mark.slow  # the same on every pyro-ppl: once per Python
+@pytest.mark.slow  # the command line's work: the same on every Python, torch and pyro-ppl
+@pytest.mark.once
 def test_a_path_whose_library_is_missing_is_skipped_not_failed():
     found = run_json(
         "import json, sys\n"
@@ -222,7 +225,8 @@ def test_a_path_whose_library_is_missing_is_skipped_not_failed():
     assert found["clean"] is True
 
 
-@pytest.mark.slow  # the same on every pyro-ppl: once per Python
+@pytest.mark.slow  # the command line's work: the same on every Python, torch and pyro-ppl
+@pytest.mark.once
 def test_an_unknown_path_is_a_clear_error(user_path):
     done = cli(user_path, "user_guides:make_guide", "--paths", "marshal")
     assert done.returncode == 2

@@ -26,7 +26,8 @@ def test_check_reports_the_bug_and_that_the_fix_makes_this_environment_safe():
     assert lines[-1].strip() == "Saving a guide is safe in this environment with pyro-pickle-fix."
 
 
-@pytest.mark.slow  # the same on every pyro-ppl: once per Python
+@pytest.mark.slow  # the command line's work: the same on every Python, torch and pyro-ppl
+@pytest.mark.once
 def test_check_exits_non_zero_when_the_fix_does_not_protect(tmp_path):
     # A sitecustomize that switches the fix off in every interpreter, even the
     # one check starts with PYRO_PICKLE_FIX=1.

@@ -15,7 +15,8 @@ import pytest
 import torch
 from scratch_env import ROOT, bare_env, link_dependencies
 
-pytestmark = pytest.mark.slow
+# The README's text is the same everywhere: its blocks run in one cell.
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 FENCE = re.compile(r"^( *)```(\w+)\n(.*?)^\1```", re.M | re.S)
 

@@ -34,7 +34,9 @@ print(json.dumps({{"fix_active": bool(fix and fix.is_patched()),
                   "original": {{"ok": error is None, "error": error, "unchanged": unchanged}}}}))
 """
 
-pytestmark = pytest.mark.slow
+# Real venvs with pyro: in one cell (tests/test_stdlib.py shows start-up activation
+# on every Python, in the startup sessions).
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 
 @pytest.fixture(scope="session")

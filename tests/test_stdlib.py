@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 # In the matrix cells these run once per Python (the startup session runs them too).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]  # (the startup sessions run it on every Python)
 
 # A stand-in for pyro: PyroModule.__getstate__ strips a marker from every live
 # "parameter", as pyro strips its weakref (and returns the live __dict__, as
