@@ -8,6 +8,7 @@ API is used; wrapt and the wrappers are loaded when the first target is wrapped.
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 import threading
 
@@ -48,6 +49,9 @@ def patch() -> None:
         if _armed:
             return
         _armed = True
+        saves = _saves()
+        if saves is not None:
+            saves.closing = False
         for target in _applied:  # what an earlier unpatch() left in place is ours again
             _skipped.pop(target, None)
     # Outside the lock: a callback may run now and import (wrapt, a target's module).
@@ -60,11 +64,10 @@ def unpatch(*, wait: float = 10.0) -> None:
     class did not have is removed again) and disarm the pending imports.
 
     A save that another thread has under way keeps the fix to its end: a save
-    that has taken a state holding pyro's live registries still needs the
-    tensor-state hook for the tensors it has yet to write, so the hook is taken
-    out last, once those saves are written (up to ``wait`` seconds; after that it
-    stays, with a warning, until the next ``unpatch()``).  A save that starts
-    after ``unpatch()`` has begun runs stock.  A wrapper that another library has
+    that starts once ``unpatch()`` has begun runs stock, and the wrappers are
+    taken out once every save under way is written (up to ``wait`` seconds; after
+    that they stay, with a warning, until the next ``unpatch()``).  Repairs are
+    removed before what they require.  A wrapper that another library has
     wrapped again on top of ours cannot be taken out without removing theirs: it
     stays, with a warning, and :func:`status` shows it as still wrapped.
     """
@@ -76,37 +79,41 @@ def unpatch(*, wait: float = 10.0) -> None:
         _armed = False
         trigger.forget_all()
         saves = _saves()
-        required = {r for entry in PATCHES for r in entry.requires}
-        last = [t for t in _applied if t in required]
-        if saves is not None:
-            saves.closing = True  # (read under saves.lock; a bool store is atomic)
-        # Repairs before what they require: the reverse of the order they went in.
-        _remove([t for t in reversed(_applied) if t not in required])
     drained = False
     try:
-        # Outside the lock: the saves may need it (an import, status()).
+        # Outside the lock: a save under way may need it (an import, status()).
         drained = saves is None or saves.drain(wait)
     finally:
         with _lock:
-            if saves is not None:
-                saves.closing = False
             if drained:
-                _remove(list(reversed(last)))
-            elif last:
-                for target in last:
-                    _skipped[target] = "unpatch() left it in place: a save still needed it"
+                # Repairs before what they require: the reverse of the order they went in.
+                _remove(list(reversed(_applied)))
+            elif _applied:
+                for target in _applied:
+                    _skipped[target] = "unpatch() left it in place: a save was under way"
                 trigger.warn(
-                    f"unpatch() left {', '.join(t.replace(':', '.') for t in last)} in "
-                    "place: a state that a save took while the fix was on is still held "
-                    f"(by a save still being written after {wait} s, or by this thread), "
-                    "and its tensors need it to be written. Call unpatch() again once "
-                    "that save is done."
+                    "unpatch() left the fix in place: a save that began while it was on "
+                    f"was still under way after {wait} s (or is this thread's own), and "
+                    "the rest of it needs the fix. New saves run stock meanwhile; call "
+                    "unpatch() again once that save is done."
                 )
             for target in [t for t in _skipped if t not in _applied]:
                 del _skipped[target]
             _degraded.clear()
             _unpatching = False
             _unpatched.notify_all()
+
+
+def _after_fork_in_child() -> None:
+    # The thread that was unpatching, and every other thread's save, stayed behind.
+    global _unpatching
+    _unpatching = False
+    saves = _saves()
+    if saves is not None:
+        saves.reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _saves() -> Any:

@@ -18,7 +18,6 @@ import copy
 import copyreg
 import functools
 import gc
-import os
 import sys
 import threading
 import time
@@ -78,7 +77,11 @@ def private_copy(obj: Any, snapshot: tuple[str, ...] = ()) -> Any:
     """
     attributes = obj.__dict__.copy()
     for name in snapshot:
-        if type(attributes.get(name)) is dict and _holders(attributes, name) <= _SOLE:
+        if type(attributes.get(name)) is not dict:
+            continue
+        if _holders(attributes, name) > _SOLE and SAVES.states:
+            SAVES.prune()  # the other holder may be a finished save's state we kept
+        if _holders(attributes, name) <= _SOLE:
             attributes[name] = attributes[name].copy()
     clone = object.__new__(type(obj))
     object.__setattr__(clone, "__dict__", attributes)
@@ -110,18 +113,25 @@ def discard(clone: Any, failed: bool = False) -> None:
     try:
         clone.__class__ = _Inert
     except TypeError:  # a layout _Inert cannot take (a C base, __slots__)
-        clone.__class__ = _inert_subclass(type(clone))
+        inert = _inert_subclass(type(clone))
+        if inert is not None:
+            clone.__class__ = inert
 
 
-def _inert_subclass(cls: type) -> type:
-    found = _INERT.get(cls)
-    if found is None:
+def _inert_subclass(cls: type) -> type | None:
+    """A subclass of ``cls`` whose ``__del__`` does nothing, made once per class;
+    None where the class will not have one (its ``__init_subclass__`` refuses):
+    then its copies stay what they are, and a save never fails for it."""
+    if cls not in _INERT:
         namespace = {"__del__": lambda self: None, "__slots__": ()}
-        found = _INERT[cls] = type(cls)(f"_Inert{cls.__name__}", (cls,), namespace)
-    return found
+        try:
+            _INERT[cls] = type(cls)(f"_Inert{cls.__name__}", (cls,), namespace)
+        except Exception:
+            _INERT[cls] = None
+    return _INERT[cls]
 
 
-_INERT: dict[type, type] = {}
+_INERT: dict[type, type | None] = {}
 
 
 def _counts(states: list[tuple[int, Any]]) -> list[int]:
@@ -137,88 +147,107 @@ class _Saves:
 
     Such a state can hold pyro's live registries (a ``hide`` entry's), whose
     tensors still carry pyro's weakref, which only the tensor-state hook leaves out
-    when they are written, so :func:`~pyro_pickle_fix.unpatch` takes the hook out
-    only once they are written.  Pickle gives no end-of-save signal, but a
-    pickler keeps each state it wrote (its memo) until the save is over: a state is
-    kept here until nothing else holds it, and dropped at the first garbage
-    collection after that (or the next save, or ``unpatch()``).
+    when they are written; and the rest of such a save needs the other wrappers
+    too.  So :func:`~pyro_pickle_fix.unpatch` takes nothing out until they are
+    written.  Pickle gives no end-of-save signal, but a pickler keeps each state
+    it wrote (its memo) until the save is over: a state is kept here until nothing
+    else holds it, and dropped at the next garbage collection, or within the next
+    save, after that.
     """
 
     def __init__(self) -> None:
+        self.reset()
+        self.collecting = False  # _prune_after_collection is in gc.callbacks
+        #: unpatch() has begun: a save that is not under way in its thread runs stock
+        self.closing = False
+
+    def reset(self) -> None:
+        """Empty (and after a fork: the child has none of the parent's other threads)."""
         self.lock = _thread.allocate_lock()
-        self.running = 0  # wrappers that will return such a state
+        self.running: dict[int, int] = {}  # thread id -> wrappers making a state
         self.states: list[tuple[int, Any]] = []  # (thread id, state)
-        self.closing = False  # unpatch() has begun: a new save runs stock
-        self.prune_at = 64
-        self.collecting = False
+        self.prune_at = 1
 
     def enter(self) -> bool:
-        """A save begins to take its state; False once unpatch() has begun."""
+        """A wrapper begins to make a state; False once unpatch() has begun, unless
+        its thread is in the middle of a save that began before."""
+        me = _thread.get_ident()
+        dropped = None
         with self.lock:
-            if self.closing:
+            if self.closing and not any(t == me for t, _ in self._held()):
                 return False
-            self.running += 1
-            return True
+            self.running[me] = self.running.get(me, 0) + 1
+            if len(self.states) >= self.prune_at:
+                dropped = self._prune()
+        del dropped  # (outside the lock: a finalizer may save)
+        return True
 
     def leave(self, state: Any) -> None:
-        """That save's state is made (None: it failed)."""
+        """That state is made (None: it failed)."""
+        me = _thread.get_ident()
         with self.lock:
-            self.running -= 1
+            self.running[me] -= 1
+            if not self.running[me]:
+                del self.running[me]
             if state is None:
                 return
-            self.states.append((_thread.get_ident(), state))
-            if len(self.states) >= self.prune_at:
-                self._prune()
-                self.prune_at = max(64, 2 * len(self.states))
+            self.states.append((me, state))
             if not self.collecting:
                 gc.callbacks.append(_prune_after_collection)
                 self.collecting = True
 
-    def _prune(self) -> None:  # with the lock held
-        self.states[:] = [
-            e for e, n in zip(self.states, _counts(self.states), strict=True) if n > _LISTED
-        ]
+    def _held(self) -> list[tuple[int, Any]]:  # with the lock held
+        return [e for e, n in zip(self.states, _counts(self.states), strict=True) if n > _LISTED]
+
+    def _prune(self) -> list[tuple[int, Any]]:
+        """(With the lock held.)  Keep the states something else holds; return the
+        others, for the caller to drop once it has let the lock go."""
+        dropped = self.states
+        self.states = self._held()
+        self.prune_at = max(1, 2 * len(self.states))
+        return dropped
+
+    def prune(self) -> None:
+        with self.lock:
+            dropped = self._prune()
+        del dropped
 
     def drain(self, seconds: float) -> bool:
-        """Wait until no save needs the hook; False if some still did after
-        ``seconds``, or if only this thread's own do (waiting cannot end them)."""
+        """Close, and wait until no save is under way; False if one still was after
+        ``seconds``, or at once if only this thread's own are (waiting cannot end
+        them)."""
         me = _thread.get_ident()
         deadline = time.monotonic() + seconds
         pause = 0.001
         while True:
             with self.lock:
-                self._prune()
-                if not self.running and not self.states:
-                    if self.collecting:
+                self.closing = True
+                dropped = self._prune()
+                threads = {t for t, _ in self.states} | set(self.running)
+                if not threads and self.collecting:
+                    if _prune_after_collection in gc.callbacks:
                         gc.callbacks.remove(_prune_after_collection)
-                        self.collecting = False
-                    return True
-                if not self.running and all(thread == me for thread, _ in self.states):
-                    return False
-            if time.monotonic() >= deadline:
+                    self.collecting = False
+            del dropped
+            if not threads:
+                return True
+            if threads == {me} or time.monotonic() >= deadline:
                 return False
             time.sleep(pause)
             pause = min(2 * pause, 0.05)
 
-    def reset(self) -> None:
-        """After a fork: the child has none of the parent's other threads."""
-        self.lock = _thread.allocate_lock()
-        self.running = 0
-        self.states.clear()
-
 
 SAVES = _Saves()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=SAVES.reset)
 
 
 def _prune_after_collection(phase: str, info: dict[str, Any]) -> None:
     # A collection can start in any thread, even one holding the lock: never wait.
     if phase == "stop" and SAVES.states and SAVES.lock.acquire(blocking=False):
         try:
-            SAVES._prune()
+            dropped = SAVES._prune()
         finally:
             SAVES.lock.release()
+        del dropped
 
 
 def _check_alive(obj: Any, names: tuple[str, ...]) -> None:
@@ -452,12 +481,13 @@ def make_drop_weakref(original: Callable[..., Any], patch: Patch) -> Callable[..
         state = original(obj, *args, **kwargs)
         if (
             type(state) is dict
-            and key in state
-            and isinstance(state[key], ref)
+            and isinstance(state.get(key), ref)
             and copying.target != id(obj)  # copy.copy of this tensor keeps it
         ):
+            # (The tensor's own __dict__, which a stock save in another thread may
+            # change meanwhile: read once.)
             state = state.copy()
-            del state[key]
+            state.pop(key, None)
         return state
 
     functools.update_wrapper(_get_obj_state, original)
