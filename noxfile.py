@@ -45,12 +45,12 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 CELLS = [
     ("3.11", "1.9.1", "2", "2.13.0"),
     ("3.11", "1.8.6", "2", "2.13.0"),
-    ("3.11", "1.9.0", "2", "2.13.0"),
     ("3.11", "1.9.2", "2", "2.13.0"),
     # torch 2.0 on Python 3.11+: torch.nn.Module has no __getstate__ of its own
     # there, so a module's state is its live __dict__ (object.__getstate__).
     ("3.11", "1.9.1", "2", "2.0.1"),
-    ("3.10", "1.9.1", "2", "2.0.1"),
+    # pyro-ppl 1.9.0 (the same patches as 1.9.1) with the torch it came out with.
+    ("3.10", "1.9.0", "2", "2.0.1"),
     # The oldest wrapt we allow, on the oldest torch and Python.
     ("3.10", "1.9.2", "1.17", "2.0.1"),
     ("3.12", "1.9.1", "2", "2.5.1"),
@@ -58,8 +58,9 @@ CELLS = [
     ("3.13", "1.9.1", "2", "2.15.0"),
     ("3.13", "1.9.2", "2", "2.15.0"),
 ]
-#: (Python, pyro-ppl): the engines on the torch we test most, and on the newest.
-ENGINE_CELLS = [("3.11", "1.9.1"), ("3.11", "1.9.2"), ("3.13", "1.9.2")]
+#: (Python, pyro-ppl): the engines where pyro has every bug (on the torch we test
+#: most), and on the newest Python, torch and pyro-ppl.
+ENGINE_CELLS = [("3.11", "1.9.1"), ("3.13", "1.9.2")]
 ENGINES = ["ray==2.60.0", "dask[distributed]==2026.8.0"]
 RESULTS = os.path.join(".nox", "results")
 DIST = os.path.join(".nox", "dist")
