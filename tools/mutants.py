@@ -54,6 +54,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -552,7 +553,13 @@ def main(argv: list[str]) -> int:
         default=ROOT / ".nox",
         help="where nox keeps the cells' venvs (default: .nox)",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="mutants judged at a time, each in a scratch copy of its own (default 2)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
     args = parser.parse_args(argv)
     python = args.python.absolute()
     if not python.exists():
@@ -560,24 +567,35 @@ def main(argv: list[str]) -> int:
 
     began = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="pyro-pickle-fix-mutants-"))
-    scratch = base / "checkout"
-    interpreters: dict[Path, Interpreter] = {}
+    jobs = max(1, args.jobs)
+    # One scratch copy per worker: a mutant's table is written into its copy.
+    scratches = [base / f"checkout-{worker}" for worker in range(jobs)]
+    interpreters: dict[tuple[Path, int], Interpreter] = {}
+    made_lock = threading.Lock()
 
-    def interpreter(source: Path) -> Interpreter:
-        """The tests' Python made from ``source`` (once), checked to import the copy."""
-        if source not in interpreters:
-            where = base / f"python-{len(interpreters)}"
-            made = Interpreter(source, scratch, where, args.timeout, not args.no_baseline)
-            try:
-                made.setup()
-            except (RuntimeError, OSError, subprocess.SubprocessError) as error:
-                made.unusable = f"cannot use {source}: {error}"
-            interpreters[source] = made
-        return interpreters[source]
+    def interpreter(source: Path, worker: int = 0) -> Interpreter:
+        """The tests' Python made from ``source`` for a worker (once), checked to
+        import that worker's copy."""
+        with made_lock:
+            if (source, worker) not in interpreters:
+                where = base / f"python-{len(interpreters)}"
+                made = Interpreter(
+                    source, scratches[worker], where, args.timeout, not args.no_baseline
+                )
+                first = interpreters.get((source, 0))
+                if first is not None:
+                    made.baselines = first.baselines  # the same checkout, judged once
+                try:
+                    made.setup()
+                except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                    made.unusable = f"cannot use {source}: {error}"
+                interpreters[(source, worker)] = made
+            return interpreters[(source, worker)]
 
     try:
-        copy_checkout(scratch)
-        original = (scratch / TABLE).read_text()  # one snapshot, however ROOT changes
+        for scratch in scratches:
+            copy_checkout(scratch)
+        original = (scratches[0] / TABLE).read_text()  # one snapshot, however ROOT changes
         here = interpreter(python)
         if here.unusable:
             print(f"mutants: {here.unusable}", file=sys.stderr)
@@ -600,17 +618,31 @@ def main(argv: list[str]) -> int:
             return 0
         print(
             f"mutants: {len(mutants)} from the {len(expected)} entries of {table['table']} "
-            f"(Python {table['python']}: {python}, imported from the copy)",
+            f"(Python {table['python']}: {python}, imported from the copy; {jobs} at a time)",
             file=sys.stderr,
         )
         if not args.only:
             baseline_error(here, [])  # the fast suite, which covers every hint
-        killed = 0
-        for mutant in mutants:
+        waiting = list(reversed(mutants))
+        verdicts: list[str] = []
+
+        def work(worker: int) -> None:
+            while True:
+                with made_lock:
+                    if not waiting:
+                        return
+                    mutant = waiting.pop()
+                outcome = judge(mutant, worker)
+                with made_lock:
+                    print(line(outcome.verdict, mutant, outcome.by, outcome.seconds), flush=True)
+                    verdicts.append(outcome.verdict)
+
+        def judge(mutant: Mutant, worker: int) -> Outcome:
+            mine = interpreter(python, worker)
             declared = UNTESTABLE.get((mutant.target, mutant.repair))
             # A declared survivor runs its hinted tests here (a stale declaration shows
             # there) and the whole fast suite in its cell, if it survives them.
-            outcome = run_mutant(mutant, here, original, expected, suite=not declared)
+            outcome = run_mutant(mutant, mine, original, expected, suite=not declared)
             if declared and outcome.verdict == "killed":
                 outcome.by += "  (declared untestable here: take it out of UNTESTABLE)"
             elif declared and outcome.verdict == "SURVIVED":
@@ -625,11 +657,18 @@ def main(argv: list[str]) -> int:
                         f"{cell_python} (python3 dev.py matrix makes it)"
                     )
                 else:
-                    outcome = run_mutant(mutant, interpreter(cell_python), original, expected)
+                    there = interpreter(cell_python, worker)
+                    outcome = run_mutant(mutant, there, original, expected)
                     outcome.by = f"untestable here, tested in {cell}: {outcome.by}"
                     outcome.seconds += here_too
-            print(line(outcome.verdict, mutant, outcome.by, outcome.seconds), flush=True)
-            killed += outcome.verdict == "killed"
+            return outcome
+
+        workers = [threading.Thread(target=work, args=(w,)) for w in range(jobs)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        killed = verdicts.count("killed")
         total = len(mutants)
         score = 100.0 * killed / total if total else 100.0
         print(f"mutants: {killed} killed of {total} ({score:.0f}%)", flush=True)
@@ -637,7 +676,7 @@ def main(argv: list[str]) -> int:
         return 0 if killed == total else 1
     finally:
         if args.keep:
-            print(f"mutants: scratch copy kept at {base}", file=sys.stderr)
+            print(f"mutants: scratch copies kept under {base}", file=sys.stderr)
         else:
             shutil.rmtree(base, ignore_errors=True)
 
