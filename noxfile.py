@@ -41,8 +41,9 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 #: runs the tests marked slow (subprocess checks that do not depend on the pyro-ppl
 #: release), so each runs once per Python and torch; those also marked once (the
 #: README's blocks, the command line, start-up in real venvs) run in the first
-#: cell only.  pyro-ppl 1.9.1 (every bug) runs on every Python and torch; each other
-#: release in one cell or two (1.9.2 on the oldest and the newest of everything).
+#: cell only.  pyro-ppl 1.9.1 (every bug) runs on every torch and on 3.11-3.13, 1.9.0
+#: (the same patches) on 3.10; each other release in one cell or two (1.9.2 on the
+#: oldest and the newest of everything).
 CELLS = [
     ("3.11", "1.9.1", "2", "2.13.0"),
     ("3.11", "1.8.6", "2", "2.13.0"),
