@@ -79,9 +79,11 @@ def private_copy(obj: Any, snapshot: tuple[str, ...] = ()) -> Any:
     for name in snapshot:
         if type(attributes.get(name)) is not dict:
             continue
-        if _holders(attributes, name) > _SOLE and SAVES.states:
+        held = _holders(attributes, name)
+        if held > _SOLE and SAVES.states:
             SAVES.prune()  # the other holder may be a finished save's state we kept
-        if _holders(attributes, name) <= _SOLE:
+            held = _holders(attributes, name)
+        if held <= _SOLE:
             attributes[name] = attributes[name].copy()
     clone = object.__new__(type(obj))
     object.__setattr__(clone, "__dict__", attributes)
@@ -219,9 +221,10 @@ class _Saves:
         me = _thread.get_ident()
         deadline = time.monotonic() + seconds
         pause = 0.001
+        with self.lock:
+            self.closing = True
         while True:
             with self.lock:
-                self.closing = True
                 dropped = self._prune()
                 threads = {t for t, _ in self.states} | set(self.running)
                 if not threads and self.collecting:

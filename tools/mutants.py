@@ -571,7 +571,8 @@ def main(argv: list[str]) -> int:
     # One scratch copy per worker: a mutant's table is written into its copy.
     scratches = [base / f"checkout-{worker}" for worker in range(jobs)]
     interpreters: dict[tuple[Path, int], Interpreter] = {}
-    made_lock = threading.Lock()
+    made_lock = threading.Lock()  # the interpreters
+    queue_lock = threading.Lock()  # the mutants left, the verdicts and the output
 
     def interpreter(source: Path, worker: int = 0) -> Interpreter:
         """The tests' Python made from ``source`` for a worker (once), checked to
@@ -584,7 +585,7 @@ def main(argv: list[str]) -> int:
                 )
                 first = interpreters.get((source, 0))
                 if first is not None:
-                    made.baselines = first.baselines  # the same checkout, judged once
+                    made.baselines = first.baselines  # copies of one checkout: judged once
                 try:
                     made.setup()
                 except (RuntimeError, OSError, subprocess.SubprocessError) as error:
@@ -628,12 +629,12 @@ def main(argv: list[str]) -> int:
 
         def work(worker: int) -> None:
             while True:
-                with made_lock:
+                with queue_lock:
                     if not waiting:
                         return
                     mutant = waiting.pop()
                 outcome = judge(mutant, worker)
-                with made_lock:
+                with queue_lock:
                     print(line(outcome.verdict, mutant, outcome.by, outcome.seconds), flush=True)
                     verdicts.append(outcome.verdict)
 
