@@ -25,6 +25,7 @@ import _thread
 import pickle
 import re
 
+from ._repairs import Unsupported  # noqa: F401  (interim: the old patcher imports it here)
 from .errors import UntrustedContentError, UntrustedGlobalError
 
 TYPE_CHECKING = False
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any, NoReturn
 
-    from ._targets import Patch
-    from ._wrappers import Wrapper
 
 #: What a param-store file may name besides tensors: every constraint class that
 #: torch and pyro define (``module.qualname``), fixed, whatever the process has
@@ -168,10 +167,6 @@ _loads_running = 0
 _swapped: tuple[Any, Any] | None = None  # (torch's function, ours) while swapped
 
 
-class Unsupported(Exception):
-    """This torch cannot do what the wrapper needs; the target is left as stock."""
-
-
 def supported() -> bool:
     """Whether this torch has the weights-only allowlist (``safe_globals``, 2.5+)."""
     import torch.serialization
@@ -257,7 +252,7 @@ def load_state(filename: Any, map_location: Any = None) -> Any:
 
     unpickler = hook_point()
     if unpickler is None:  # the patcher checked: torch changed under us
-        raise Unsupported(f"torch {torch.__version__} has no per-call allowlist")
+        raise RuntimeError(f"torch {torch.__version__} has no per-call allowlist")
     with open(filename, "rb") as file:
         try:
             with Allowing(unpickler, _allowed_by_name()):
@@ -486,74 +481,22 @@ def _refuse(filename: Any, kind: _Kind, where: str, what: str, fix: str = "") ->
     )
 
 
-# ---------------------------------------------------------------------------
-# The wrappers
-
-
-def make_safe_load(original: Callable[..., Any], patch: Patch) -> Wrapper:
-    """The wrapper for a ``kind="safe_load"`` target: the load of that target's
-    file, weights-only and checked (:data:`LOADERS`)."""
-    try:
-        factory = LOADERS[patch.target]
-    except KeyError:
-        raise LookupError(f"pyro-pickle-fix has no weights-only load for {patch.dotted}") from None
-    return factory(original, patch)
-
-
-def make_safe_store_load(original: Callable[..., Any], patch: Patch) -> Wrapper:
-    """``ParamStoreDict.load(filename, map_location=None)`` through :func:`load_state`."""
+def unsupported() -> str | None:
+    """Why this torch cannot load a param-store file weights-only with pyro's
+    constraint classes allowed for one call; None where it can."""
     import torch
 
     if not supported():
-        raise Unsupported(
+        return (
             f"torch {torch.__version__} has no weights-only allowlist "
             "(torch.serialization.safe_globals, torch 2.5+): param-store files load "
             "as stock pyro loads them"
         )
     if hook_point() is None:
-        from ._trigger import warn
-
-        reason = (
+        return (
             f"torch {torch.__version__}'s weights-only unpickler has no "
             "_get_user_allowed_globals() to add pyro's constraint classes for one load "
             "without changing torch's process-wide allowlist: param-store files load "
             "as stock pyro loads them"
         )
-        warn(
-            f"{patch.dotted} is not patched: {reason}. Load files you did not make "
-            "yourself with torch.load(path, weights_only=True) and "
-            "pyro.get_param_store().set_state(), after "
-            "torch.serialization.add_safe_globals(pyro_pickle_fix.safe_globals())."
-        )
-        raise Unsupported(reason)
-
-    return _setting_state_from(load_state)
-
-
-def make_safe_optim_load(original: Callable[..., Any], patch: Patch) -> Wrapper:
-    """``PyroOptim.load(filename, map_location=None)`` through :func:`load_optim_state`
-    (every torch: it needs no allowlist)."""
-    return _setting_state_from(load_optim_state)
-
-
-def _setting_state_from(load: Callable[[Any, Any], Any]) -> Wrapper:
-    """``instance.load(filename, map_location=None)`` as ``instance.set_state(load(...))``."""
-
-    def safe_load(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        filename, map_location = _bind(*args, **kwargs)
-        instance.set_state(load(filename, map_location))
-
-    return safe_load
-
-
-#: target -> the factory of its weights-only load.
-LOADERS: dict[str, Callable[[Callable[..., Any], Patch], Wrapper]] = {
-    "pyro.params.param_store:ParamStoreDict.load": make_safe_store_load,
-    "pyro.optim.optim:PyroOptim.load": make_safe_optim_load,
-}
-
-
-def _bind(filename: Any, map_location: Any = None) -> tuple[Any, Any]:
-    return filename, map_location
+    return None

@@ -1,0 +1,96 @@
+"""Loading pyro's own files: the param store's ``load`` and ``PyroOptim.load``
+load weights-only and checked (:mod:`pyro_pickle_fix._loading`), instead of
+trusting the file or failing on pyro's constraint classes."""
+
+from __future__ import annotations
+
+from .._repairs import Bug, Repair, Unsupported
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+WEIGHTS_ONLY_DEFAULT = (2, 6)  # torch.load's weights_only defaults to True from here on
+
+
+def _bind(filename: Any, map_location: Any = None) -> tuple[Any, Any]:
+    return filename, map_location
+
+
+def store_load(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """``ParamStoreDict.load(filename, map_location=None)``: the file's state,
+    loaded weights-only and checked, then ``set_state``."""
+    from .._loading import load_state
+
+    instance.set_state(load_state(*_bind(*args, **kwargs)))
+
+
+def optim_load(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """``PyroOptim.load(filename, map_location=None)``, the same way."""
+    from .._loading import load_optim_state
+
+    instance.set_state(load_optim_state(*_bind(*args, **kwargs)))
+
+
+def check_store_load() -> None:
+    """:class:`Unsupported` where this torch cannot load a store weights-only."""
+    from .._loading import unsupported
+
+    reason = unsupported()
+    if reason:
+        raise Unsupported(reason)
+
+
+REPAIRS = (
+    Repair(
+        "pyro.params.param_store:ParamStoreDict.load",
+        (
+            Bug(
+                "fails on every file with a constrained parameter: torch >= 2.6 loads "
+                "weights-only, and pyro's constraint classes are not allowed",
+                pyro_max=(1, 9, 1),
+                torch_min=WEIGHTS_ONLY_DEFAULT,
+            ),
+            Bug(
+                "loads with weights_only=False: a param-store file runs whatever code it holds",
+                pyro_min=(1, 9, 2),
+            ),
+            Bug(
+                "loads with torch.load's default, weights_only=False before torch 2.6: "
+                "a param-store file runs whatever code it holds",
+                pyro_max=(1, 9, 1),
+                torch_max=(2, 5),
+            ),
+        ),
+        store_load,
+        check=check_store_load,
+    ),
+    Repair(
+        "pyro.optim.optim:PyroOptim.load",
+        (
+            # 1.9.2 passes weights_only=False, for torch 2.6's new default.
+            Bug(
+                "loads with weights_only=False: an optimizer file runs whatever code it holds",
+                pyro_min=(1, 9, 2),
+            ),
+            # Earlier releases take torch.load's default, weights-only from torch 2.6.
+            Bug(
+                "loads with torch.load's default, weights_only=False before torch 2.6: "
+                "an optimizer file runs whatever code it holds",
+                pyro_max=(1, 9, 1),
+                torch_max=(2, 5),
+            ),
+            # Even weights-only: torch rebuilds it as a view that repeats the file's data.
+            Bug(
+                "loads a tensor that repeats the file's data (stride 0): a few KB in "
+                "the file become a tensor of any size"
+            ),
+        ),
+        optim_load,
+    ),
+)
