@@ -1,7 +1,7 @@
 """pyro-pickle-fix: serializing a Pyro object never changes the live object.
 
 Importing this package wraps pyro-ppl's serialization methods (the table in
-:mod:`pyro_pickle_fix._targets`) as soon as pyro is imported, unless the
+:mod:`pyro_pickle_fix.fixes`) as soon as pyro is imported, unless the
 environment variable ``PYRO_PICKLE_FIX`` is ``0``, ``false``, ``off`` or ``no``.
 
 Import-time activation loads :mod:`pyro_pickle_fix._trigger` alone; the API below
@@ -14,7 +14,7 @@ from . import _trigger
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._loading import safe_globals
-    from ._patcher import Status, TargetStatus, is_patched, patch, status, unpatch
+    from ._engine import Status, TargetStatus, is_patched, patch, status, unpatch
     from .diagnostics.audit import AuditReport, audit
     from .errors import (
         DeadReferenceError,
@@ -52,13 +52,13 @@ _API = {
     "PyroPickleFixWarning": "errors",
     "UntrustedContentError": "errors",
     "UntrustedGlobalError": "errors",
-    "Status": "_patcher",
-    "TargetStatus": "_patcher",
-    "is_patched": "_patcher",
-    "patch": "_patcher",
+    "Status": "_engine",
+    "TargetStatus": "_engine",
+    "is_patched": "_engine",
+    "patch": "_engine",
     "safe_globals": "_loading",
-    "status": "_patcher",
-    "unpatch": "_patcher",
+    "status": "_engine",
+    "unpatch": "_engine",
 }
 
 

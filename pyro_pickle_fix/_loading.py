@@ -1,38 +1,50 @@
-"""Loading pyro's files weights-only: the param store's ``load`` and the
-optimizer's ``PyroOptim.load``.
+"""Loading pyro's two files, the param store's (``ParamStoreDict.load``) and the
+optimizer's (``PyroOptim.load``), without trusting them.
 
-A param-store file (``pyro.get_param_store().save()``) holds tensors and
-constraint objects, each constraint a class plus a ``__dict__``; an optimizer file
-(``PyroOptim.save()``) holds tensors and plain containers.  Both load through
-torch's weights-only unpickler.  The param store also needs the constraint classes
-of :data:`ALLOWED`: they are allowed for the loading thread alone, for that one
-call, so torch's process-wide allowlist (``add_safe_globals``) is neither widened
-for other threads nor changed for anyone.  After the load, and before pyro sees the
-state, :func:`check_store_state` / :func:`check_optim_state` refuse the crafted
-content that weights-only loading lets through (cycles, tensors that repeat their
-data far beyond what the file holds).
+Each load owns its unpickler: :class:`_Unpickler`, a small pure-Python one that
+knows the handful of pickle opcodes ``torch.save`` writes (protocol 2) and hands
+out only what those two files hold: dense tensors and Parameters, plain
+containers and scalars, and (in a param-store file) the constraint classes of
+:data:`ALLOWED` plus any constraint class the user allowed with
+``torch.serialization.add_safe_globals``.  It calls nothing the file names: a
+tensor, a Parameter or a constraint comes out as an inert record, and nothing is
+built (no storage read, no constraint object made) until the whole state has
+been checked against the file:
 
-How far torch's weights-only unpickler can be trusted depends on torch:
-:func:`advisory` names the published advisories for a torch version.
+1. the archive (:class:`_Archive`): torch's zip format, every record stored
+   uncompressed, inside the file and not overlapping another; the legacy
+   (non-zip) format is refused;
+2. each storage the pickle declares has its record, of exactly its size, with
+   the same dtype wherever it is declared, on a device torch can restore to;
+3. the state (:class:`_Check`): the shape pyro writes; every tensor within its
+   data (no stride 0 beyond a size-1 dimension); every constraint's attributes
+   those its class's constructor sets, none of them a method; no constraint
+   whose tensors broadcast past what the file holds; nesting at most
+   :data:`MAX_DEPTH` along every path and at most :data:`MAX_ENTRY_NODES`
+   objects per entry (shared references counted as copies, as pyro and torch
+   copy them).
 
-Loaded when pyro is imported (the patcher asks it whether this torch is
-supported); standard library only at module level.
+Only then :class:`_Build` reads the storages and makes the objects.  Nothing of
+torch's is replaced, and the allowlist of a load is that load's alone: there is
+no module-level state, no lock, nothing an interrupt, a nested load, a thread or
+a fork could leave behind.
+
+Loaded when pyro is imported; standard library only at module level.
 """
 
 from __future__ import annotations
 
-import _thread
-import pickle
 import re
+import struct
+import sys
+import zipfile
 
 from ._repairs import Unsupported  # noqa: F401  (interim: the old patcher imports it here)
 from .errors import UntrustedContentError, UntrustedGlobalError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from types import ModuleType
-    from typing import Any, NoReturn
+    from typing import IO, Any, NoReturn
 
 
 #: What a param-store file may name besides tensors: every constraint class that
@@ -103,8 +115,17 @@ ADVISORIES: tuple[tuple[tuple[int, int], str], ...] = (
     ),
 )
 
-#: Nesting that a genuine constraint or optimizer state never comes near.
+#: Nesting that a genuine constraint or optimizer state never comes near, counted
+#: along every path.
 MAX_DEPTH = 32
+#: Objects in one entry (a parameter's constraint, a parameter's optimizer state),
+#: shared references counted as copies; and in the whole state.
+MAX_ENTRY_NODES = 10_000
+MAX_NODES = 10_000_000
+#: The pickle of a state (``data.pkl``): pyro writes some 200 bytes a parameter.
+MAX_PICKLE = 64 * 2**20
+#: Containers and records the pickle may make (about seven a tensor).
+MAX_OBJECTS = 2_000_000
 
 
 def advisory(torch_version: tuple[int, ...]) -> str | None:
@@ -147,328 +168,34 @@ def safe_globals() -> list[type]:
     return found
 
 
-def _allowed_by_name() -> dict[str, type]:
-    # Under the name torch looks a class up by (module + qualname; __name__ on
-    # torch 2.5, the same for these top-level classes).
-    return {f"{cls.__module__}.{cls.__qualname__}": cls for cls in safe_globals()}
-
-
 # ---------------------------------------------------------------------------
-# A per-thread allowlist: torch's unpickler looks the user allowlist up through the
-# module-level function _get_user_allowed_globals() (torch 2.5 to 2.15, at least).
-# While a load of ours runs, that function is replaced by one that adds our
-# classes on the loading thread only; every other thread gets exactly what
-# torch's own function returns.  The last load to finish puts torch's back.
-
-_HOOK = "_get_user_allowed_globals"
-_lock = _thread.allocate_lock()
-_per_thread = _thread._local()
-_loads_running = 0
-_swapped: tuple[Any, Any] | None = None  # (torch's function, ours) while swapped
-
-
-def supported() -> bool:
-    """Whether this torch has the weights-only allowlist (``safe_globals``, 2.5+)."""
-    import torch.serialization
-
-    return hasattr(torch.serialization, "safe_globals")
-
-
-def hook_point() -> ModuleType | None:
-    """torch's weights-only unpickler module, if its ``Unpickler`` reads the user
-    allowlist through a module-level ``_get_user_allowed_globals()``; else None."""
-    import torch._weights_only_unpickler as unpickler
-
-    load = getattr(getattr(unpickler, "Unpickler", None), "load", None)
-    code = getattr(load, "__code__", None)
-    if callable(getattr(unpickler, _HOOK, None)) and code and _HOOK in code.co_names:
-        return unpickler
-    return None
-
-
-def _widened(torchs: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-    def _get_user_allowed_globals() -> dict[str, Any]:
-        allowed = torchs()
-        extra = getattr(_per_thread, "allowed", None)
-        if extra:
-            return {**extra, **allowed}
-        return allowed
-
-    _get_user_allowed_globals.__wrapped__ = torchs  # type: ignore[attr-defined]
-    return _get_user_allowed_globals
-
-
-class Allowing:
-    """Within the block, torch's weights-only unpickler allows ``classes`` (name ->
-    class) on the calling thread, in addition to torch's own allowlist."""
-
-    def __init__(self, unpickler: ModuleType, classes: dict[str, type]) -> None:
-        self.unpickler = unpickler
-        self.classes = classes
-        self.outer: dict[str, type] | None = None
-
-    def __enter__(self) -> None:
-        global _loads_running, _swapped
-        with _lock:
-            if _loads_running == 0:
-                torchs = getattr(self.unpickler, _HOOK)
-                _swapped = (torchs, _widened(torchs))
-                setattr(self.unpickler, _HOOK, _swapped[1])
-            _loads_running += 1
-        self.outer = getattr(_per_thread, "allowed", None)
-        _per_thread.allowed = {**(self.outer or {}), **self.classes}
-
-    def __exit__(self, *exc: object) -> None:
-        global _loads_running, _swapped
-        _per_thread.allowed = self.outer
-        with _lock:
-            _loads_running -= 1
-            if _loads_running == 0 and _swapped is not None:
-                torchs, ours = _swapped
-                # Another library may have put its own on top of ours since: ours
-                # then stays under it, adding nothing on any thread.
-                if getattr(self.unpickler, _HOOK) is ours:
-                    setattr(self.unpickler, _HOOK, torchs)
-                _swapped = None
-
-
-# ---------------------------------------------------------------------------
-# Loading
-
-
-_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|Unsupported class ([\w.]+)")  # torch 2.5+; 2.0-2.4
-_REASON = "WeightsUnpickler error:"  # what follows is the unpickler's own message
-
-
-def load_state(filename: Any, map_location: Any = None) -> Any:
-    """A param-store file, loaded weights-only with :func:`safe_globals` allowed on
-    this thread, and checked (:func:`check_store_state`).
-
-    :class:`UntrustedGlobalError` if the file names anything else;
-    :class:`UntrustedContentError` if what it holds is not what pyro writes.
-    Either way nothing is returned, so the param store is unchanged.
-    """
-    import torch
-
-    unpickler = hook_point()
-    if unpickler is None:  # the patcher checked: torch changed under us
-        raise RuntimeError(f"torch {torch.__version__} has no per-call allowlist")
-    with open(filename, "rb") as file:
-        try:
-            with Allowing(unpickler, _allowed_by_name()):
-                state = torch.load(file, map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise _untrusted(filename, error, STORE) from error
-    check_store_state(filename, state)
-    return state
-
-
-def load_optim_state(filename: Any, map_location: Any = None) -> Any:
-    """An optimizer file (``PyroOptim.save()``), loaded weights-only with torch's
-    own allowlist and checked (:func:`check_optim_state`)."""
-    import torch
-
-    with open(filename, "rb") as file:
-        try:
-            state = torch.load(file, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise _untrusted(filename, error, OPTIM) from error
-    check_optim_state(filename, state)
-    return state
+# What is loaded, and how a refusal reads
 
 
 class _Kind:
-    """What is loaded: its name in messages, and how a user loads a file they trust."""
+    """What is loaded: its name in messages, what it may hold, and how a user loads
+    a file they trust."""
 
-    def __init__(self, what: str, needs: str, trusted: str) -> None:
+    def __init__(self, what: str, needs: str, trusted: str, *, constraints: bool) -> None:
         self.what = what
         self.needs = needs
         self.trusted = trusted
+        self.constraints = constraints
 
 
 STORE = _Kind(
     "a param-store file",
-    "a tensor, a plain container nor one of the constraint classes that "
+    "a tensor rebuild, a plain container or one of the constraint classes that "
     "pyro_pickle_fix.safe_globals() lists",
     "pyro.get_param_store().set_state(torch.load(path, weights_only=False))",
+    constraints=True,
 )
 OPTIM = _Kind(
     "an optimizer file",
-    "a tensor nor a plain container",
+    "a tensor rebuild or a plain container",
     "optim.set_state(torch.load(path, weights_only=False))",
+    constraints=False,
 )
-
-
-def _untrusted(filename: Any, error: pickle.UnpicklingError, kind: _Kind) -> UntrustedGlobalError:
-    found = _GLOBAL.search(str(error))
-    name = (found.group(1) or found.group(2)) if found else None
-    if name:
-        why = (
-            f"it needs {name}, which is neither {kind.needs}, so loading it could run "
-            "code named in the file"
-        )
-        allow = (
-            f" If you trust that class, allow it first: torch.serialization."
-            f"add_safe_globals([{name.rpartition('.')[2]}])."
-        )
-    else:
-        text = str(error)
-        tail = text.split(_REASON, 1)[1] if _REASON in text else text
-        reason = next((line.strip() for line in tail.splitlines() if line.strip()), "")
-        why = f"torch's weights-only unpickler refused it: {reason}"
-        allow = ""
-    return UntrustedGlobalError(
-        f"pyro-pickle-fix refused to load {str(filename)!r} as {kind.what}: {why}. "
-        f"Nothing was loaded.{allow} If you trust the whole file, load it yourself: "
-        f"{kind.trusted}.",
-        name,
-    )
-
-
-# ---------------------------------------------------------------------------
-# What weights-only loading lets through, refused cheaply
-
-
-def check_store_state(filename: Any, state: Any) -> None:
-    """A param-store state as pyro writes it: ``{"params": {name: tensor},
-    "constraints": {name: constraint}}``, each constraint a tree (no cycle, at most
-    :data:`MAX_DEPTH` deep) of numbers, strings, tensors, plain containers and
-    constraints, and no tensor claiming more elements than its data holds."""
-    from torch.distributions.constraints import Constraint
-
-    if type(state) is not dict or set(state) != {"params", "constraints"}:
-        keys = f" with keys {sorted(map(repr, state))}" if type(state) is dict else ""
-        _refuse(
-            filename,
-            STORE,
-            "",
-            f"is {_describe(state)}{keys}, not a dict with the keys 'params' and 'constraints'",
-        )
-    params, constraints = state["params"], state["constraints"]
-    for key, value in (("params", params), ("constraints", constraints)):
-        if type(value) is not dict or not all(type(name) is str for name in value):
-            _refuse(filename, STORE, key, "is not a dict of parameter names")
-    for name, param in params.items():
-        if not _is_tensor(param):
-            _refuse(filename, STORE, f"params[{name!r}]", f"is {_describe(param)}")
-    for name, constraint in constraints.items():
-        if not isinstance(constraint, Constraint):
-            _refuse(filename, STORE, f"constraints[{name!r}]", f"is {_describe(constraint)}")
-    _Walk(filename, STORE, constraints=True).value(state, "", 0)
-
-
-def check_optim_state(filename: Any, state: Any) -> None:
-    """An optimizer state as pyro writes it: ``{param name: state dict}``, a tree
-    (no cycle, at most :data:`MAX_DEPTH` deep) of numbers, strings, tensors and
-    plain containers, and no tensor claiming more elements than its data holds."""
-    if type(state) is not dict or not all(type(name) is str for name in state):
-        _refuse(filename, OPTIM, "", f"is {_describe(state)}, not a dict of parameter names")
-    _Walk(filename, OPTIM, constraints=False).value(state, "state", 0)
-
-
-_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray)
-_CONTAINERS = (dict, list, tuple, set, frozenset)
-
-
-class _Walk:
-    """One pass over a loaded state; each object is checked once (a state may share
-    one constraint between parameters, as pyro's own files do)."""
-
-    def __init__(self, filename: Any, kind: _Kind, *, constraints: bool) -> None:
-        import torch
-        from torch.distributions.constraints import Constraint
-
-        self.filename = filename
-        self.kind = kind
-        self.torch = torch
-        self.constraint = Constraint if constraints else None
-        self.checked: set[int] = set()
-        self.open: set[int] = set()  # the objects the walk is inside of
-
-    def value(self, value: Any, where: str, depth: int) -> None:
-        torch = self.torch
-        if type(value) in _LEAVES or isinstance(value, (torch.dtype, torch.device)):
-            return
-        if id(value) in self.open:
-            self.refuse(where, "refers back to an object that contains it (a cycle)")
-        if id(value) in self.checked:
-            return
-        if depth > MAX_DEPTH:
-            self.refuse(where, f"is nested more than {MAX_DEPTH} levels deep")
-        self.open.add(id(value))
-        if isinstance(value, torch.Tensor):
-            self.tensor(value, where, depth)
-        elif self.constraint is not None and isinstance(value, self.constraint):
-            self.items(_attributes(value, where, self), where, depth, attributes=True)
-        elif isinstance(value, dict):
-            self.items(value, where, depth)
-        elif isinstance(value, _CONTAINERS):  # torch.Size is a tuple
-            for index, item in enumerate(value):
-                self.value(item, f"{where}[{index}]", depth + 1)
-        else:
-            self.refuse(where, f"is {_describe(value)}")
-        self.open.discard(id(value))
-        self.checked.add(id(value))
-
-    def items(self, mapping: Any, where: str, depth: int, *, attributes: bool = False) -> None:
-        for key, item in mapping.items():
-            if type(key) not in _LEAVES:
-                self.refuse(where, f"has a key of type {_type(key)}")
-            if not where:  # the top of a param-store state: 'params', 'constraints'
-                inner = str(key)
-            else:
-                inner = f"{where}.{key}" if attributes else f"{where}[{key!r}]"
-            self.value(item, inner, depth + 1)
-
-    def tensor(self, tensor: Any, where: str, depth: int) -> None:
-        torch = self.torch
-        if tensor.layout == torch.strided and tensor.device.type != "meta":
-            try:
-                held = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
-            except (RuntimeError, NotImplementedError):  # a tensor with no data of its own
-                self.refuse(where, f"is a {_type(tensor)} with no data in the file")
-            if tensor.numel() > held:
-                self.refuse(
-                    where,
-                    f"is a tensor of shape {tuple(tensor.shape)} ({tensor.numel()} "
-                    f"elements) whose data in the file is {held} element"
-                    f"{'' if held == 1 else 's'}: it repeats its data (as a stride-0 "
-                    "tensor from .expand() does), and every operation on it costs as if "
-                    "the file held all of them",
-                    fix="If you saved an expanded tensor yourself, save .clone() of it.",
-                )
-        state = vars(tensor) if hasattr(tensor, "__dict__") else {}
-        if state:
-            self.items(state, where, depth, attributes=True)
-
-    def refuse(self, where: str, what: str, fix: str = "") -> NoReturn:
-        _refuse(self.filename, self.kind, where, what, fix)
-
-
-def _attributes(constraint: Any, where: str, walk: _Walk) -> dict[str, Any]:
-    state = vars(constraint) if hasattr(constraint, "__dict__") else {}
-    if type(state) is not dict:
-        walk.refuse(where, "has no plain __dict__")
-    return state
-
-
-def _is_tensor(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.Tensor)
-
-
-def _type(value: Any) -> str:
-    cls = type(value)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _describe(value: Any) -> str:
-    """``a builtins.list``, or for a class or function, which one."""
-    name = getattr(value, "__qualname__", None)
-    if isinstance(name, str) and callable(value):
-        return f"{getattr(value, '__module__', '?')}.{name} (a {_type(value)})"
-    return f"a {_type(value)}"
 
 
 def _refuse(filename: Any, kind: _Kind, where: str, what: str, fix: str = "") -> NoReturn:
@@ -481,22 +208,873 @@ def _refuse(filename: Any, kind: _Kind, where: str, what: str, fix: str = "") ->
     )
 
 
-def unsupported() -> str | None:
-    """Why this torch cannot load a param-store file weights-only with pyro's
-    constraint classes allowed for one call; None where it can."""
-    import torch
+def _refuse_global(filename: Any, kind: _Kind, name: str) -> NoReturn:
+    advice = ""
+    cls = _imported_class(name)
+    if kind.constraints and cls is not None and _is_constraint_class(cls):
+        advice = (
+            f" {name} is a constraint class this process has imported: if you trust it, "
+            f"allow it first: torch.serialization.add_safe_globals([{cls.__name__}])."
+        )
+    raise UntrustedGlobalError(
+        f"pyro-pickle-fix refused to load {str(filename)!r} as {kind.what}: it needs "
+        f"the global {name!r}, which is neither {kind.needs}, so loading it could run "
+        f"code named in the file. Nothing was loaded.{advice} If you trust the whole "
+        f"file, load it yourself: {kind.trusted}.",
+        name,
+    )
 
-    if not supported():
-        return (
-            f"torch {torch.__version__} has no weights-only allowlist "
-            "(torch.serialization.safe_globals, torch 2.5+): param-store files load "
-            "as stock pyro loads them"
+
+def _imported_class(name: str) -> type | None:
+    """The class ``module.Name`` names, if its module is imported already (nothing
+    is imported for a name a file gives)."""
+    module_name, _, attribute = name.rpartition(".")
+    module = sys.modules.get(module_name)
+    found = vars(module).get(attribute) if module is not None else None
+    return found if isinstance(found, type) else None
+
+
+def _is_constraint_class(cls: type) -> bool:
+    constraints = sys.modules.get("torch.distributions.constraints")
+    base = getattr(constraints, "Constraint", None)
+    return isinstance(base, type) and issubclass(cls, base) and cls is not base
+
+
+def _type(value: Any) -> str:
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# ---------------------------------------------------------------------------
+# The archive, checked before anything is read from it
+
+#: The records torch's zip format holds besides the storages (``data/<key>``).
+_RECORDS = frozenset(
+    {
+        "data.pkl",
+        "version",
+        ".data/version",
+        "byteorder",
+        ".format_version",
+        ".storage_alignment",
+        ".data/serialization_id",
+    }
+)
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip file's local file header
+_STORAGE_KEY = re.compile(r"[0-9A-Za-z_]{1,64}")
+
+
+class _Archive:
+    """A zip file as ``torch.save`` writes it, checked: one top folder, every record
+    stored (not compressed, not encrypted) at a place of its own inside the file."""
+
+    def __init__(self, file: IO[bytes], filename: Any, kind: _Kind) -> None:
+        self.file, self.filename, self.kind = file, filename, kind
+        file.seek(0, 2)
+        length = file.tell()
+        try:
+            with zipfile.ZipFile(file) as archive:
+                infos = archive.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as error:
+            raise self._untrusted(
+                "",
+                "is not a zip archive as torch.save writes one (it may be torch's legacy "
+                "format, torch.save(..., _use_new_zipfile_serialization=False))",
+            ) from error
+        pickles = [info.filename for info in infos if info.filename.endswith("/data.pkl")]
+        if len(pickles) != 1 or pickles[0].count("/") != 1:
+            self.refuse("", "is not an archive of one torch.save() state (one */data.pkl)")
+        self.prefix = pickles[0][: -len("data.pkl")]
+        #: record name (without the top folder) -> (where its data starts, its size)
+        self.records: dict[str, tuple[int, int]] = {}
+        spans = []
+        for info in infos:
+            name = info.filename
+            rest = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
+            storage = rest.startswith("data/") and _STORAGE_KEY.fullmatch(rest[5:])
+            if rest not in _RECORDS and not storage:
+                self.refuse(name, "is a record that torch.save does not write")
+            if rest in self.records:
+                self.refuse(name, "is in the archive twice")
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                self.refuse(
+                    name,
+                    "is stored compressed (torch.save stores every record as it is; a "
+                    "compressed one can inflate far beyond the file)",
+                )
+            if info.flag_bits & 0x1:
+                self.refuse(name, "is encrypted")
+            start = self._data_start(info)
+            if start + info.file_size > length:
+                self.refuse(name, f"claims {info.file_size} bytes that the file does not hold")
+            spans.append((info.header_offset, start + info.file_size, name))
+            self.records[rest] = (start, info.file_size)
+        spans.sort()
+        for (_, end, name), (following, _, _) in zip(spans, spans[1:]):
+            if end > following:
+                self.refuse(name, "overlaps the record after it")
+        order = self.small("byteorder", 16)
+        if (order or b"little") != sys.byteorder.encode():
+            self.refuse(
+                "byteorder",
+                f"says {order!r}, not this machine's {sys.byteorder!r} (pyro-pickle-fix "
+                "loads files saved on a machine of the same byte order only)",
+            )
+
+    def _data_start(self, info: zipfile.ZipInfo) -> int:
+        self.file.seek(info.header_offset)
+        header = self.file.read(_LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size:
+            self.refuse(info.filename, "has no local header")
+        fields = _LOCAL_HEADER.unpack(header)
+        name_length, extra_length = fields[-2], fields[-1]
+        name = self.file.read(name_length)
+        if fields[0] != b"PK\x03\x04" or fields[4] != 0 or name != info.filename.encode():
+            self.refuse(info.filename, "has a local header that does not match the directory")
+        return int(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+
+    def small(self, name: str, limit: int) -> bytes | None:
+        """A record read whole (the pickle, the byte order); None if there is none."""
+        if name not in self.records:
+            return None
+        start, size = self.records[name]
+        if size > limit:
+            self.refuse(name, f"is {size} bytes (more than {limit})")
+        self.file.seek(start)
+        return self.file.read(size)
+
+    def read_into(self, name: str, buffer: Any) -> None:
+        """A record's bytes, into ``buffer`` (of exactly the record's size)."""
+        start, size = self.records[name]
+        self.file.seek(start)
+        if size and self.file.readinto(buffer) != size:
+            self.refuse(name, "is cut short")
+
+    def _untrusted(self, where: str, what: str) -> UntrustedContentError:
+        try:
+            _refuse(self.filename, self.kind, where, what)
+        except UntrustedContentError as error:
+            return error
+
+    def refuse(self, where: str, what: str) -> NoReturn:
+        _refuse(self.filename, self.kind, where, what)
+
+
+# ---------------------------------------------------------------------------
+# The unpickler: what a file names becomes an inert record
+
+
+class _Storage:
+    """A storage the pickle declares: checked against its record, read only when the
+    whole state has been checked."""
+
+    __slots__ = ("dtype", "key", "location", "numel")
+
+    def __init__(self, key: str, dtype: Any, location: str, numel: int) -> None:
+        self.key, self.dtype, self.location, self.numel = key, dtype, location, numel
+
+
+class _Tensor:
+    """``_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[,
+    metadata])``, or ``_rebuild_parameter(tensor, requires_grad, hooks)``
+    (``parameter``), not yet built."""
+
+    __slots__ = ("args", "parameter")
+
+    def __init__(self, args: tuple[Any, ...], parameter: bool) -> None:
+        self.args, self.parameter = args, parameter
+
+
+class _Object:
+    """An instance of an allowed constraint class (NEWOBJ, then BUILD), not yet built."""
+
+    __slots__ = ("cls", "state")
+
+    def __init__(self, cls: type) -> None:
+        self.cls: type = cls
+        self.state: Any = None
+
+
+class _Global:
+    """What GLOBAL hands out: a marker, never the object it names."""
+
+    __slots__ = ("name", "role", "value")
+
+    def __init__(self, name: str, role: str, value: Any = None) -> None:
+        self.name, self.role, self.value = name, role, value
+
+
+class _Hooks:
+    """``collections.OrderedDict()``: a tensor's (always empty) backward hooks."""
+
+    __slots__ = ()
+
+
+_STORAGE_TYPES = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+}
+_LOCATION = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,4})?")
+
+
+class _Unpickler:
+    """The opcodes of pickle protocol 2 that ``torch.save`` writes, and nothing
+    else; what a GLOBAL names only through :meth:`find_class`."""
+
+    def __init__(self, data: bytes, archive: _Archive, allowed: dict[str, type]) -> None:
+        self.data = data
+        self.archive = archive
+        self.kind = archive.kind
+        self.allowed = allowed  # constraint classes, by module.qualname: this load's own
+        self.storages: dict[str, _Storage] = {}
+        self.objects = 0
+
+    def refuse(self, what: str) -> NoReturn:
+        _refuse(self.archive.filename, self.kind, "its pickle", what)
+
+    def find_class(self, module: str, name: str) -> _Global:
+        dotted = f"{module}.{name}"
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+            return _Global(dotted, name)
+        if dotted == "collections.OrderedDict":
+            return _Global(dotted, "hooks")
+        if module == "torch" and name in _STORAGE_TYPES:
+            import torch
+
+            return _Global(dotted, "storage", getattr(torch, _STORAGE_TYPES[name]))
+        cls = self.allowed.get(dotted) if self.kind.constraints else None
+        if cls is not None:
+            return _Global(dotted, "class", cls)
+        _refuse_global(self.archive.filename, self.kind, dotted)
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
+            self.refuse(f"declares a persistent object {pid!r:.80} that is not a storage")
+        _, storage_type, key, location, numel = pid
+        if not (isinstance(storage_type, _Global) and storage_type.role == "storage"):
+            self.refuse(f"declares storage {key!r:.40} of type {storage_type!r:.60}")
+        if type(key) is not str or type(numel) is not int or numel < 0:
+            self.refuse(f"declares a storage with key {key!r:.40} and size {numel!r:.40}")
+        if type(location) is not str or not _LOCATION.fullmatch(location):
+            self.refuse(
+                f"declares storage {key!r} on device {location!r:.40}, which holds no data "
+                "in the file (pyro saves cpu, cuda, mps or xpu tensors)"
+            )
+        dtype = storage_type.value
+        known = self.storages.get(key)
+        if known is not None:
+            if (known.dtype, known.numel, known.location) != (dtype, numel, location):
+                self.refuse(f"declares storage {key!r} twice, differently")
+            return known
+        record = f"data/{key}"
+        if record not in self.archive.records:
+            self.refuse(f"declares storage {key!r}, which has no record {record!r} in the file")
+        size = self.archive.records[record][1]
+        itemsize = dtype.itemsize
+        if size != numel * itemsize:
+            self.refuse(
+                f"declares storage {key!r} as {numel} x {dtype} ({numel * itemsize} bytes), "
+                f"but its record holds {size} bytes"
+            )
+        storage = self.storages[key] = _Storage(key, dtype, location, numel)
+        return storage
+
+    def made(self) -> None:
+        self.objects += 1
+        if self.objects > MAX_OBJECTS:
+            self.refuse(f"makes more than {MAX_OBJECTS} objects")
+
+    def reduce(self, func: Any, args: Any) -> Any:
+        if not isinstance(func, _Global) or type(args) is not tuple:
+            self.refuse(f"calls {_type(func)} (REDUCE of something that is not a function)")
+        if func.role in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+            return _Tensor(args, func.role == "_rebuild_parameter")
+        if func.role == "hooks" and args == ():
+            return _Hooks()
+        self.refuse(f"calls {func.name} with {len(args)} arguments, which torch.save never writes")
+
+    def load(self) -> Any:  # noqa: C901  (one opcode per branch, as pickle's own)
+        data, unpack_from = self.data, struct.unpack_from
+        stack: list[Any] = []
+        marks: list[list[Any]] = []
+        memo: dict[int, Any] = {}
+        pos, end = 0, len(data)
+        try:
+            if data[:2] != b"\x80\x02":
+                self.refuse(
+                    f"is not pickle protocol 2 (it starts {data[:2]!r}; torch.save writes "
+                    "protocol 2)"
+                )
+            pos = 2
+            while pos < end:
+                op = data[pos]
+                pos += 1
+                if op == 0x58:  # X BINUNICODE
+                    (size,) = unpack_from("<I", data, pos)
+                    pos += 4
+                    if pos + size > end:
+                        self.refuse("ends inside a string")
+                    stack.append(str(data[pos : pos + size], "utf-8", "surrogatepass"))
+                    pos += size
+                elif op == 0x71:  # q BINPUT
+                    memo[data[pos]] = stack[-1]
+                    pos += 1
+                elif op == 0x72:  # r LONG_BINPUT
+                    memo[unpack_from("<I", data, pos)[0]] = stack[-1]
+                    pos += 4
+                elif op == 0x68:  # h BINGET
+                    stack.append(memo[data[pos]])
+                    pos += 1
+                elif op == 0x6A:  # j LONG_BINGET
+                    stack.append(memo[unpack_from("<I", data, pos)[0]])
+                    pos += 4
+                elif op == 0x28:  # ( MARK
+                    marks.append(stack)
+                    stack = []
+                elif op == 0x4B:  # K BININT1
+                    stack.append(data[pos])
+                    pos += 1
+                elif op == 0x4D:  # M BININT2
+                    stack.append(unpack_from("<H", data, pos)[0])
+                    pos += 2
+                elif op == 0x4A:  # J BININT
+                    stack.append(unpack_from("<i", data, pos)[0])
+                    pos += 4
+                elif op == 0x8A:  # LONG1
+                    size = data[pos]
+                    if size > 16:
+                        self.refuse(f"holds an integer of {size} bytes")
+                    stack.append(
+                        int.from_bytes(data[pos + 1 : pos + 1 + size], "little", signed=True)
+                    )
+                    pos += 1 + size
+                elif op == 0x47:  # G BINFLOAT
+                    stack.append(unpack_from(">d", data, pos)[0])
+                    pos += 8
+                elif op == 0x4E:  # N NONE
+                    stack.append(None)
+                elif op == 0x88:  # NEWTRUE
+                    stack.append(True)
+                elif op == 0x89:  # NEWFALSE
+                    stack.append(False)
+                elif op == 0x7D:  # } EMPTY_DICT
+                    self.made()
+                    stack.append({})
+                elif op == 0x5D:  # ] EMPTY_LIST
+                    self.made()
+                    stack.append([])
+                elif op == 0x29:  # ) EMPTY_TUPLE
+                    stack.append(())
+                elif op == 0x74:  # t TUPLE
+                    self.made()
+                    items = stack
+                    stack = marks.pop()
+                    stack.append(tuple(items))
+                elif op in (0x85, 0x86, 0x87):  # TUPLE1, TUPLE2, TUPLE3
+                    self.made()
+                    count = op - 0x84
+                    if len(stack) < count:
+                        self.refuse("makes a tuple of items it does not have")
+                    items = stack[-count:]
+                    del stack[-count:]
+                    stack.append(tuple(items))
+                elif op == 0x73:  # s SETITEM
+                    value = stack.pop()
+                    key = stack.pop()
+                    self.setitems(stack[-1], [key, value])
+                elif op == 0x75:  # u SETITEMS
+                    items = stack
+                    stack = marks.pop()
+                    self.setitems(stack[-1], items)
+                elif op == 0x61:  # a APPEND
+                    value = stack.pop()
+                    self.target_list(stack[-1]).append(value)
+                elif op == 0x65:  # e APPENDS
+                    items = stack
+                    stack = marks.pop()
+                    self.target_list(stack[-1]).extend(items)
+                elif op == 0x63:  # c GLOBAL
+                    newline = data.find(b"\n", pos)
+                    second = data.find(b"\n", newline + 1)
+                    if newline < 0 or second < 0:
+                        self.refuse("ends inside a global's name")
+                    module = str(data[pos:newline], "utf-8")
+                    name = str(data[newline + 1 : second], "utf-8")
+                    pos = second + 1
+                    stack.append(self.find_class(module, name))
+                elif op == 0x52:  # R REDUCE
+                    self.made()
+                    args = stack.pop()
+                    stack[-1] = self.reduce(stack[-1], args)
+                elif op == 0x81:  # NEWOBJ
+                    self.made()
+                    args = stack.pop()
+                    cls = stack[-1]
+                    if not (isinstance(cls, _Global) and cls.role == "class" and args == ()):
+                        self.refuse(f"makes an object of {cls!r:.80} with arguments {args!r:.80}")
+                    stack[-1] = _Object(cls.value)
+                elif op == 0x62:  # b BUILD
+                    state = stack.pop()
+                    target = stack[-1]
+                    if type(target) is not _Object or target.state is not None:
+                        self.refuse(f"sets the state of {_type(target)}")
+                    if type(state) is not dict:
+                        self.refuse(f"gives {target.cls.__qualname__} a state of {_type(state)}")
+                    target.state = state
+                elif op == 0x51:  # Q BINPERSID
+                    self.made()
+                    stack[-1] = self.persistent_load(stack[-1])
+                elif op == 0x2E:  # . STOP
+                    if len(stack) != 1 or marks or pos != end:
+                        self.refuse("does not end where its one object ends")
+                    return stack[0]
+                else:
+                    self.refuse(
+                        f"has opcode {bytes([op])!r} at byte {pos - 1}, which torch.save "
+                        "(pickle protocol 2) does not write"
+                    )
+        except (IndexError, KeyError, struct.error, UnicodeDecodeError) as error:
+            self.refuse(f"is malformed at byte {pos} ({type(error).__name__}: {error})")
+        self.refuse("ends without a STOP")
+
+    def setitems(self, target: Any, items: list[Any]) -> None:
+        if type(target) is not dict or len(items) % 2:
+            self.refuse(f"sets items on {_type(target)}")
+        for index in range(0, len(items), 2):
+            key = items[index]
+            if type(key) not in _KEYS:
+                self.refuse(f"has a dict key of type {_type(key)}")
+            target[key] = items[index + 1]
+
+    def target_list(self, target: Any) -> list[Any]:
+        if type(target) is not list:
+            self.refuse(f"appends to {_type(target)}")
+        return target
+
+
+_KEYS = (str, int, float, bool, type(None))
+_SCALARS = frozenset(_KEYS)
+
+
+# ---------------------------------------------------------------------------
+# The state, checked whole before anything is built
+
+
+class _Check:
+    """One pass over an unpickled state: its shape, each tensor against its data,
+    each constraint's attributes, and how deep and how large it is along every path
+    (each distinct object is looked into once; a shared one counts as often as it
+    is reached)."""
+
+    def __init__(self, filename: Any, kind: _Kind) -> None:
+        self.filename, self.kind = filename, kind
+        self.seen: dict[int, tuple[int, int]] = {}  # id -> (height, expanded size)
+        self.open: set[int] = set()  # the objects the walk is inside of
+        self.attributes: dict[type, frozenset[str]] = {}  # this load's own
+
+    def refuse(self, where: str, what: str, fix: str = "") -> NoReturn:
+        _refuse(self.filename, self.kind, where, what, fix)
+
+    def entries(self, mapping: Any, where: str, depth: int) -> int:
+        """The entries of a top-level dict, each within :data:`MAX_ENTRY_NODES`; the
+        expanded size of them all."""
+        total = 1
+        for key, value in mapping.items():
+            if type(key) is not str:
+                self.refuse(where or "it", f"has a key of type {_type(key)}, not a name")
+            total += self.value(value, f"{where}[{key!r}]", depth + 1)[1]
+            if total > MAX_NODES:
+                self.refuse(where or "it", f"holds more than {MAX_NODES} objects")
+        return total
+
+    def value(self, value: Any, where: str, depth: int) -> tuple[int, int]:
+        """``value``'s height and expanded size."""
+        if type(value) in _SCALARS:
+            return 0, 1
+        key = id(value)
+        known = self.seen.get(key)
+        if known is not None:
+            if depth + known[0] > MAX_DEPTH:
+                self.refuse(where, f"is nested more than {MAX_DEPTH} levels deep")
+            return known
+        if key in self.open:
+            self.refuse(where, "refers back to an object that contains it (a cycle)")
+        if depth > MAX_DEPTH:
+            self.refuse(where, f"is nested more than {MAX_DEPTH} levels deep")
+        kind = type(value)
+        if kind is dict:
+            children = [(item, f"{where}[{name!r}]") for name, item in value.items()]
+        elif kind is list or kind is tuple:
+            children = [(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        elif kind is _Tensor:
+            self.tensor(value, where)
+            children = []
+        elif kind is _Object:
+            children = [(item, f"{where}.{name}") for name, item in self.state(value, where)]
+        else:
+            self.refuse(where, f"is {_describe(value)}")
+        self.open.add(key)
+        height, size = 0, 1
+        for child, inner in children:
+            child_height, child_size = self.value(child, inner, depth + 1)
+            height = max(height, child_height + 1)
+            size += child_size
+            if size > MAX_ENTRY_NODES:
+                self.refuse(
+                    where,
+                    f"expands to more than {MAX_ENTRY_NODES} objects (shared references "
+                    "counted as the copies pyro and torch make of them)",
+                )
+        self.open.discard(key)
+        self.seen[key] = (height, size)
+        return height, size
+
+    def tensor(self, tensor: _Tensor, where: str) -> None:
+        args = tensor.args
+        if tensor.parameter:
+            if not (len(args) == 3 and type(args[0]) is _Tensor and not args[0].parameter):
+                self.refuse(where, "is a Parameter that does not wrap a tensor")
+            if type(args[1]) is not bool or type(args[2]) is not _Hooks:
+                self.refuse(where, "is a Parameter with hooks or no requires_grad flag")
+            self.tensor(args[0], where)
+            return
+        if len(args) not in (6, 7):
+            self.refuse(where, f"is a tensor rebuilt from {len(args)} arguments")
+        storage, offset, size, stride, requires_grad, hooks = args[:6]
+        if type(storage) is not _Storage:
+            self.refuse(where, f"is a tensor whose storage is {_describe(storage)}")
+        if type(requires_grad) is not bool or type(hooks) is not _Hooks:
+            self.refuse(where, "is a tensor with backward hooks or no requires_grad flag")
+        if len(args) == 7 and args[6] not in (None, {}):
+            self.refuse(where, "is a tensor with metadata (a conjugate or negative view)")
+        ints = (size, stride)
+        if not all(type(shape) is tuple and all(type(n) is int for n in shape) for shape in ints):
+            self.refuse(where, "is a tensor whose size or stride is not a tuple of integers")
+        if len(size) != len(stride) or len(size) > 64 or type(offset) is not int or offset < 0:
+            self.refuse(where, f"is a tensor of size {size}, stride {stride}, offset {offset}")
+        numel, last = 1, offset
+        for extent, step in zip(size, stride):
+            if extent < 0 or step < 0 or (step == 0 and extent > 1):
+                self.refuse(
+                    where,
+                    f"is a tensor of size {size} and stride {stride}: it repeats its data "
+                    "(stride 0, as .expand() makes), and every operation on it costs as if "
+                    "the file held all of it",
+                    fix="If you saved an expanded tensor yourself, save .clone() of it.",
+                )
+            numel *= extent
+            last += (extent - 1) * step
+        held = storage.numel
+        if numel and (last >= held or numel > held):
+            self.refuse(
+                where,
+                f"is a tensor of size {size} (stride {stride}, offset {offset}) over a "
+                f"storage of {held} elements: it needs data the file does not hold",
+            )
+        if not numel and offset > held:
+            self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
+
+    def state(self, obj: _Object, where: str) -> list[tuple[str, Any]]:
+        """A constraint's attributes: only names its class's constructor sets, none
+        of them a method or another descriptor of the class."""
+        cls, state = obj.cls, obj.state
+        if state is None:
+            return []
+        allowed = self.attributes.get(cls)
+        if allowed is None:
+            allowed = self.attributes[cls] = _constructor_attributes(cls)
+        for name in state:
+            if type(name) is not str or name not in allowed or _is_descriptor(cls, name):
+                self.refuse(
+                    where,
+                    f"is a {cls.__qualname__} with an attribute {name!r}, which its "
+                    f"constructor does not set (it sets {sorted(allowed) or 'none'})",
+                )
+        return list(state.items())
+
+    def fits(self, constraint: Any, param: _Tensor, where: str) -> None:
+        """No tensor of the constraint broadcasts past its parameter: the smallest
+        shape that holds them all and the parameter holds no more elements than the
+        parameter and those tensors themselves do."""
+        shape = _shape(param)
+        held = _numel(shape)
+        found: dict[int, tuple[int, ...]] = {}
+        pending, visited = [constraint], set()
+        while pending:
+            item = pending.pop()
+            if type(item) in _SCALARS or id(item) in visited:
+                continue
+            visited.add(id(item))
+            if type(item) is _Tensor:
+                found[id(item)] = _shape(item)
+            elif type(item) is _Object and item.state:
+                pending.extend(item.state.values())
+            elif type(item) in (list, tuple):
+                pending.extend(item)
+            elif type(item) is dict:
+                pending.extend(item.values())
+        if not found:
+            return
+        rank = max(len(shape), *(len(s) for s in found.values()))
+        hull = [1] * rank
+        for each in (shape, *found.values()):
+            for axis, extent in enumerate(each, rank - len(each)):
+                hull[axis] = max(hull[axis], extent)
+        held += sum(_numel(s) for s in found.values())
+        if _numel(tuple(hull)) > held:
+            self.refuse(
+                where,
+                f"has tensors of shapes {sorted(set(found.values()))} for a parameter of "
+                f"shape {shape}: broadcast together they make {_numel(tuple(hull))} "
+                f"elements from {held} in the file",
+            )
+
+
+def _shape(tensor: _Tensor) -> tuple[int, ...]:
+    args = tensor.args[0].args if tensor.parameter else tensor.args
+    return tuple(args[2])
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    numel = 1
+    for extent in shape:
+        numel *= extent
+    return numel
+
+
+def _constructor_attributes(cls: type) -> frozenset[str]:
+    """The attribute names that the constructors of ``cls`` and its bases assign
+    (``self.name = ...``): all a constraint's ``__dict__`` ever holds."""
+    import dis
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        code = getattr(init, "__code__", None)
+        if code is not None:
+            names.update(
+                ins.argval for ins in dis.get_instructions(code) if ins.opname == "STORE_ATTR"
+            )
+    return frozenset(name for name in names if not name.startswith("__"))
+
+
+def _is_descriptor(cls: type, name: str) -> bool:
+    import inspect
+
+    found = inspect.getattr_static(cls, name, None)
+    return callable(found) or hasattr(type(found), "__get__") or hasattr(type(found), "__set__")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, _Global):
+        return f"{value.name} itself (not called)"
+    if type(value) is _Hooks:
+        return "a collections.OrderedDict (only a tensor's empty hooks may be one)"
+    if type(value) is _Storage:
+        return "a bare storage"
+    return f"a {_type(value)}"
+
+
+def _check_store(check: _Check, state: Any) -> None:
+    """``{"params": {name: tensor}, "constraints": {name: constraint}}``, as
+    ``ParamStoreDict.get_state()`` makes it."""
+    if type(state) is not dict or set(state) != {"params", "constraints"}:
+        keys = f" with keys {sorted(map(repr, state))}" if type(state) is dict else ""
+        check.refuse(
+            "",
+            f"is {_describe(state)}{keys}, not a dict with the keys 'params' and 'constraints'",
         )
-    if hook_point() is None:
-        return (
-            f"torch {torch.__version__}'s weights-only unpickler has no "
-            "_get_user_allowed_globals() to add pyro's constraint classes for one load "
-            "without changing torch's process-wide allowlist: param-store files load "
-            "as stock pyro loads them"
-        )
-    return None
+    params, constraints = state["params"], state["constraints"]
+    for key, value in (("params", params), ("constraints", constraints)):
+        if type(value) is not dict:
+            check.refuse(key, f"is {_describe(value)}, not a dict of parameter names")
+    for name, param in params.items():
+        if type(param) is not _Tensor:
+            check.refuse(f"params[{name!r}]", f"is {_describe(param)}")
+    for name, constraint in constraints.items():
+        where = f"constraints[{name!r}]"
+        if type(constraint) is not _Object:
+            check.refuse(where, f"is {_describe(constraint)}")
+        if name not in params:
+            check.refuse(where, "constrains a parameter the file does not hold")
+    total = check.entries(params, "params", 1) + check.entries(constraints, "constraints", 1)
+    if total > MAX_NODES:
+        check.refuse("", f"holds more than {MAX_NODES} objects")
+    for name, constraint in constraints.items():
+        check.fits(constraint, params[name], f"constraints[{name!r}]")
+
+
+def _check_optim(check: _Check, state: Any) -> None:
+    """``{param name: optimizer or scheduler state_dict()}``, as
+    ``PyroOptim.get_state()`` makes it."""
+    if type(state) is not dict:
+        check.refuse("", f"is {_describe(state)}, not a dict of parameter names")
+    for name, value in state.items():
+        if type(value) is not dict:
+            check.refuse(f"state[{name!r}]", f"is {_describe(value)}, not a state_dict()")
+    check.entries(state, "state", 0)
+
+
+# ---------------------------------------------------------------------------
+# Building what was checked
+
+
+class _Build:
+    """The checked state made real: each storage read once, straight into memory
+    torch allocated for it, then moved as ``map_location`` says; each shared object
+    made once."""
+
+    def __init__(self, archive: _Archive, map_location: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.archive = archive
+        self.map_location = map_location
+        self.storages: dict[str, Any] = {}
+        self.made: dict[int, Any] = {}
+
+    def value(self, value: Any) -> Any:
+        if type(value) in _SCALARS:
+            return value
+        key = id(value)
+        if key in self.made:
+            return self.made[key]
+        kind = type(value)
+        out: Any
+        if kind is dict:
+            out = self.made[key] = {}
+            for name, item in value.items():
+                out[name] = self.value(item)
+        elif kind is list:
+            out = self.made[key] = []
+            out.extend(self.value(item) for item in value)
+        elif kind is tuple:
+            out = self.made[key] = tuple(self.value(item) for item in value)
+        elif kind is _Tensor:
+            out = self.made[key] = self.tensor(value)
+        else:  # an _Object: _Check let nothing else through
+            cls = value.cls
+            out = self.made[key] = cls.__new__(cls)
+            state = {name: self.value(item) for name, item in (value.state or {}).items()}
+            if getattr(cls, "__setstate__", None) is getattr(object, "__setstate__", None):
+                out.__dict__.update(state)
+            else:  # a class of the user's own, allowed by them
+                out.__setstate__(state)
+        return out
+
+    def tensor(self, tensor: _Tensor) -> Any:
+        torch = self.torch
+        if tensor.parameter:
+            data, requires_grad = tensor.args[:2]
+            return torch.nn.Parameter(self.tensor(data), requires_grad)
+        storage, offset, size, stride, requires_grad = tensor.args[:5]
+        untyped = self.storage(storage)
+        built = torch.empty((0,), dtype=storage.dtype, device=untyped.device)
+        built.set_(untyped, offset, size, stride)
+        if requires_grad:
+            built.requires_grad_(True)
+        return built
+
+    def storage(self, storage: _Storage) -> Any:
+        if storage.key in self.storages:
+            return self.storages[storage.key]
+        import ctypes
+
+        torch = self.torch
+        nbytes = storage.numel * storage.dtype.itemsize
+        data = torch.empty((nbytes,), dtype=torch.uint8)
+        if nbytes:
+            self.archive.read_into(
+                f"data/{storage.key}", (ctypes.c_char * nbytes).from_address(data.data_ptr())
+            )
+        untyped = data.untyped_storage()
+        location, where = storage.location, self.map_location
+        if where is None:
+            restored = untyped if location == "cpu" else self.restore(untyped, location)
+        elif isinstance(where, dict):
+            restored = self.restore(untyped, where.get(location, location))
+        elif isinstance(where, (str, bytes, torch.device)):
+            target = where.decode() if isinstance(where, bytes) else str(where)
+            restored = self.restore(untyped, target)
+        else:
+            restored = where(untyped, location)
+            if restored is None:
+                restored = self.restore(untyped, location)
+        if isinstance(restored, torch.storage.TypedStorage):
+            restored = restored._untyped_storage
+        if not isinstance(restored, torch.UntypedStorage):
+            raise TypeError(f"map_location returned {_type(restored)}, not a storage")
+        self.storages[storage.key] = restored
+        return restored
+
+    def restore(self, storage: Any, location: str) -> Any:
+        return self.torch.serialization.default_restore_location(storage, location)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def _allowed(kind: _Kind) -> dict[str, type]:
+    """This load's constraint classes, by the name a file gives them: the fixed
+    :data:`ALLOWED`, and the constraint classes the user allowed in torch's own
+    allowlist (read, never changed)."""
+    if not kind.constraints:
+        return {}
+    import torch.serialization
+
+    found = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in safe_globals()}
+    users = getattr(torch.serialization, "get_safe_globals", None)  # torch 2.4+
+    for entry in users() if users is not None else ():
+        cls, name = entry if isinstance(entry, tuple) else (entry, None)
+        if isinstance(cls, type) and _is_constraint_class(cls):
+            found[name or f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return found
+
+
+def _load(filename: Any, map_location: Any, kind: _Kind) -> Any:
+    with open(filename, "rb") as file:
+        archive = _Archive(file, filename, kind)
+        data = archive.small("data.pkl", MAX_PICKLE)
+        if data is None:
+            archive.refuse("data.pkl", "is missing")
+        state = _Unpickler(data, archive, _allowed(kind)).load()
+        check = _Check(filename, kind)
+        (_check_store if kind is STORE else _check_optim)(check, state)
+        try:
+            return _Build(archive, map_location).value(state)
+        except (RuntimeError, ValueError, TypeError, AssertionError, OSError) as error:
+            # torch's own refusal of what the checks let through (a device this
+            # machine lacks, say): the package's error, torch's chained.
+            raise UntrustedContentError(
+                f"pyro-pickle-fix could not load {str(filename)!r} as {kind.what}: torch "
+                f"refused to build it: {type(error).__name__}: {error}. Nothing was loaded.",
+                "",
+            ) from error
+
+
+def load_state(filename: Any, map_location: Any = None) -> Any:
+    """A param-store file's state, for ``ParamStoreDict.set_state``.
+
+    :class:`UntrustedGlobalError` if the file names anything beyond tensors, plain
+    data and the allowed constraint classes; :class:`UntrustedContentError` if what
+    it holds is not what pyro writes.  Either way nothing was built, and the param
+    store is unchanged.
+    """
+    return _load(filename, map_location, STORE)
+
+
+def load_optim_state(filename: Any, map_location: Any = None) -> Any:
+    """An optimizer file's state (``PyroOptim.save()``), for ``PyroOptim.set_state``;
+    refused as :func:`load_state` refuses."""
+    return _load(filename, map_location, OPTIM)

@@ -28,6 +28,16 @@ OFF_VALUES = ("0", "false", "off", "no")
 ON_VALUES = ("1", "true", "on", "yes", "")
 
 _lock = _thread.RLock()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent's may have held the lock; it does not exist here.
+    global _lock
+    _lock = _thread.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _callbacks: "dict[str, list[Callback]]" = {}
 _activation_requested = False
 
@@ -79,7 +89,7 @@ def activation_requested() -> bool:
 
 
 def _patch(module: "ModuleType") -> None:
-    from ._patcher import patch
+    from ._engine import patch
 
     patch()
 

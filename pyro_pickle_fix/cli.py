@@ -85,9 +85,10 @@ def _import_targets() -> None:
     import contextlib
     import importlib
 
-    from ._targets import PATCHES
+    from ._engine import repairs
 
-    for name in dict.fromkeys(entry.trigger for entry in PATCHES if not entry.engine):
+    triggers = [r.trigger for r in repairs() if r.package in ("pyro-ppl", "torch")]
+    for name in dict.fromkeys(triggers):
         with contextlib.suppress(ImportError):  # status says so for each target
             importlib.import_module(name)
 

@@ -1,0 +1,32 @@
+"""The repairs, one module per family, each declaring its ``REPAIRS`` beside the
+code that fixes them: a bug retired upstream is one entry (and its tests) to
+delete.  :mod:`pyro_pickle_fix._engine` installs them in this order.
+
+Every ``__getstate__`` fix here computes what pyro's method returns **without
+calling it**: pyro's methods change the live object (they pop a weakref from live
+tensors, set ``_model`` to None, swap a weakref for its target in the live
+``__dict__``), so the fix starts from what the next ``__getstate__`` in the MRO
+gives, exactly as pyro's method asks for it, and applies pyro's changes to that
+state, never to the object.  Nothing is copied but the top-level dict that pyro's
+changes would otherwise land in, so the stream shares what stock's shares.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+#: The families, in the order they go in (what a repair requires comes first).
+FAMILIES = ("tensors", "modules", "autoguide", "easyguide", "loading")
+
+
+def inherited_state(owner: type, obj: Any) -> Any:
+    """``getattr(super(), "__getstate__", self.__dict__.copy)()`` as pyro's methods
+    of ``owner`` call it, but never the live ``__dict__`` itself (from Python 3.11
+    on, ``object.__getstate__`` returns it): a copy of it where it is, so that what
+    is changed in the state stays out of the object."""
+    state = getattr(super(owner, obj), "__getstate__", obj.__dict__.copy)()
+    if state is obj.__dict__:
+        state = state.copy()
+    return state

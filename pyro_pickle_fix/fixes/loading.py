@@ -67,7 +67,7 @@ REPAIRS = (
                 torch_max=(2, 5),
             ),
         ),
-        store_load,
+        lambda owner: store_load,
         check=check_store_load,
     ),
     Repair(
@@ -91,6 +91,6 @@ REPAIRS = (
                 "the file become a tensor of any size"
             ),
         ),
-        optim_load,
+        lambda owner: optim_load,
     ),
 )

@@ -4,13 +4,15 @@ Dask's ``dask`` serializer family has a generic serializer for every
 ``torch.nn.Module`` that walks ``__dict__`` directly, past ``__getstate__``: it
 never reaches the copy-on-serialize wrappers, logs errors on pyro's weakrefs and
 fails outright on an ``AutoGuideList``.  The ``dask_pickle`` entry of
-:data:`pyro_pickle_fix._targets.PATCHES` registers Pyro modules with a ``dask``
+:data:`REPAIRS` registers Pyro modules with a ``dask``
 serializer that declines (``NotImplementedError``), so Dask falls back to its
 ``pickle`` family, which goes through the wrappers.  Nothing here imports
 distributed: the entry is applied when ``distributed`` has imported it.
 """
 
 from __future__ import annotations
+
+from .._repairs import Bug, Repair
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,3 +62,22 @@ class DaskRegistration:
                     lookup[cls] = self.saved[cls]
                 else:
                     del lookup[cls]
+
+
+REPAIRS = (
+    Repair(
+        "distributed.protocol.serialize:dask_serialize",
+        (
+            # distributed.protocol.torch registers a generic serializer for every
+            # torch.nn.Module that walks __dict__ past __getstate__; registering
+            # PyroModule as "use pickle" routes guides through the repairs.
+            Bug(
+                "Dask serializes a guide by walking its __dict__, past __getstate__: "
+                "errors are logged for pyro's weakrefs, and an AutoGuideList fails "
+                "with 'Could not serialize object of type ReferenceType'"
+            ),
+        ),
+        DaskRegistration,
+        how="register",
+    ),
+)

@@ -22,6 +22,6 @@ class DaskWorkerPlugin(WorkerPlugin):
     idempotent = True
 
     def setup(self, worker: Any) -> None:
-        from .._patcher import patch
+        from .._engine import patch
 
         patch()

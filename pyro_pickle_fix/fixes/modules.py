@@ -1,0 +1,135 @@
+"""PyroModule, the param store, transforms and GuideMessenger: their
+``__getstate__`` without what it does to the live object."""
+
+from __future__ import annotations
+
+import weakref
+
+from .._repairs import PY311, Bug, Repair
+from . import inherited_state
+from .tensors import TENSOR_STATE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def pyro_module_state(owner: type) -> Wrapper:
+    """``PyroModule.__getstate__`` without its loop that pops pyro's weakref from
+    every live Parameter: the tensors' own state leaves it out of what is written
+    (:mod:`~pyro_pickle_fix.fixes.tensors`).  The rest is pyro's line as it is."""
+
+    def __getstate__(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if args or kwargs:
+            return wrapped(*args, **kwargs)  # pyro's TypeError
+        return getattr(super(owner, instance), "__getstate__", instance.__dict__.copy)()
+
+    return __getstate__
+
+
+def param_store_state(owner: type) -> Wrapper:
+    """``ParamStoreDict.get_state`` without its pop of pyro's weakref from every
+    live parameter: the same two copies pyro makes, and nothing else."""
+
+    def get_state(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if args or kwargs:
+            return wrapped(*args, **kwargs)
+        return {"params": instance._params.copy(), "constraints": instance._constraints.copy()}
+
+    return get_state
+
+
+def transform_state(owner: type) -> Wrapper:
+    """pyro's ``Transform.__getstate__`` (``pyro/distributions/torch_patch.py``),
+    which sets every weakref attribute to None in the state: in a copy, not in the
+    live ``__dict__`` that ``object.__getstate__`` returns from Python 3.11 on."""
+
+    def __getstate__(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if args or kwargs:
+            return wrapped(*args, **kwargs)
+        state = inherited_state(owner, instance)
+        for key, value in state.items():
+            if isinstance(value, weakref.ref):
+                state[key] = None
+        return state
+
+    return __getstate__
+
+
+def guide_messenger_state(owner: type) -> Wrapper:
+    """pyro-ppl 1.8.6's ``GuideMessenger.__getstate__``, which pops the trace from
+    ``super().__getstate__()``: from a copy, not from the live ``__dict__``."""
+
+    def __getstate__(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if args or kwargs:
+            return wrapped(*args, **kwargs)
+        state = inherited_state(owner, instance)
+        state.pop("trace")
+        return state
+
+    return __getstate__
+
+
+REPAIRS = (
+    Repair(
+        "pyro.nn.module:PyroModule.__getstate__",
+        (
+            Bug(
+                "pops the 'unconstrained' weakref from every live Parameter: held "
+                "handles fail on .unconstrained() and a training thread races the save"
+            ),
+        ),
+        pyro_module_state,
+        reimplements=True,
+        requires=(TENSOR_STATE,),
+    ),
+    Repair(
+        "pyro.params.param_store:ParamStoreDict.get_state",
+        (
+            Bug(
+                "pops the 'unconstrained' weakref from every live parameter in the "
+                "store (pyro.get_param_store().save())"
+            ),
+        ),
+        param_store_state,
+        reimplements=True,
+        requires=(TENSOR_STATE,),
+    ),
+    Repair(
+        "torch.distributions.transforms:Transform.__getstate__",
+        (
+            Bug(
+                "pyro's patched Transform.__getstate__ sets weakref attributes to "
+                "None in the live __dict__ (object.__getstate__ returns it on 3.11+)",
+                python_min=PY311,
+            ),
+        ),
+        transform_state,
+        # pyro puts its own method in place when it imports this module.
+        trigger="pyro.distributions.torch_patch",
+        reimplements=True,
+    ),
+    Repair(
+        "pyro.poutine.guide:GuideMessenger.__getstate__",
+        (
+            Bug(
+                "drops the live trace of a GuideMessenger (state is the live __dict__ on 3.11+)",
+                pyro_max=(1, 8, 6),
+                python_min=PY311,
+            ),
+        ),
+        guide_messenger_state,
+        reimplements=True,
+    ),
+)
