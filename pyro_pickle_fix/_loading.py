@@ -34,6 +34,7 @@ Loaded when pyro is imported; standard library only at module level.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import sys
@@ -44,7 +45,8 @@ from .errors import UntrustedContentError, UntrustedGlobalError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO, Any, NoReturn
+    from io import BufferedReader
+    from typing import Any, NoReturn
 
 
 #: What a param-store file may name besides tensors: every constraint class that
@@ -216,11 +218,17 @@ def _refuse_global(filename: Any, kind: _Kind, name: str) -> NoReturn:
             f" {name} is a constraint class this process has imported: if you trust it, "
             f"allow it first: torch.serialization.add_safe_globals([{cls.__name__}])."
         )
+    if name.startswith(("torch._utils._rebuild", "torch.Tensor", "torch.nn.parameter.")):
+        why = (
+            "which makes a kind of tensor that pyro's files never hold (only dense "
+            "tensors whose data is in the file, and Parameters of them, load)"
+        )
+    else:
+        why = f"which is neither {kind.needs}, so loading it could run code named in the file"
     raise UntrustedGlobalError(
         f"pyro-pickle-fix refused to load {str(filename)!r} as {kind.what}: it needs "
-        f"the global {name!r}, which is neither {kind.needs}, so loading it could run "
-        f"code named in the file. Nothing was loaded.{advice} If you trust the whole "
-        f"file, load it yourself: {kind.trusted}.",
+        f"the global {name!r}, {why}. Nothing was loaded.{advice} If you trust the "
+        f"whole file, load it yourself: {kind.trusted}.",
         name,
     )
 
@@ -268,7 +276,7 @@ class _Archive:
     """A zip file as ``torch.save`` writes it, checked: one top folder, every record
     stored (not compressed, not encrypted) at a place of its own inside the file."""
 
-    def __init__(self, file: IO[bytes], filename: Any, kind: _Kind) -> None:
+    def __init__(self, file: BufferedReader, filename: Any, kind: _Kind) -> None:
         self.file, self.filename, self.kind = file, filename, kind
         file.seek(0, 2)
         length = file.tell()
@@ -310,7 +318,7 @@ class _Archive:
             spans.append((info.header_offset, start + info.file_size, name))
             self.records[rest] = (start, info.file_size)
         spans.sort()
-        for (_, end, name), (following, _, _) in zip(spans, spans[1:]):
+        for (_, end, name), (following, _, _) in itertools.pairwise(spans):
             if end > following:
                 self.refuse(name, "overlaps the record after it")
         order = self.small("byteorder", 16)
@@ -503,7 +511,7 @@ class _Unpickler:
             return _Hooks()
         self.refuse(f"calls {func.name} with {len(args)} arguments, which torch.save never writes")
 
-    def load(self) -> Any:  # noqa: C901  (one opcode per branch, as pickle's own)
+    def load(self) -> Any:
         data, unpack_from = self.data, struct.unpack_from
         stack: list[Any] = []
         marks: list[list[Any]] = []
@@ -763,7 +771,7 @@ class _Check:
         if len(size) != len(stride) or len(size) > 64 or type(offset) is not int or offset < 0:
             self.refuse(where, f"is a tensor of size {size}, stride {stride}, offset {offset}")
         numel, last = 1, offset
-        for extent, step in zip(size, stride):
+        for extent, step in zip(size, stride, strict=True):
             if extent < 0 or step < 0 or (step == 0 and extent > 1):
                 self.refuse(
                     where,
@@ -1018,7 +1026,8 @@ class _Build:
         return restored
 
     def restore(self, storage: Any, location: str) -> Any:
-        return self.torch.serialization.default_restore_location(storage, location)
+        restore = self.torch.serialization.default_restore_location
+        return restore(storage, location)  # type: ignore[no-untyped-call]
 
 
 # ---------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Loading pyro's own files: the param store's ``load`` and ``PyroOptim.load``
-load weights-only and checked (:mod:`pyro_pickle_fix._loading`), instead of
-trusting the file or failing on pyro's constraint classes."""
+load through the package's own restricted unpickler, checked against the file
+before anything is built (:mod:`pyro_pickle_fix._loading`), instead of trusting
+the file or failing on pyro's constraint classes.  The same on every torch: it
+needs nothing of torch's unpickler, only its zip format."""
 
 from __future__ import annotations
 
-from .._repairs import Bug, Repair, Unsupported
+from .._repairs import Bug, Repair
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ def store_load(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     """``ParamStoreDict.load(filename, map_location=None)``: the file's state,
-    loaded weights-only and checked, then ``set_state``."""
+    checked and built by the fix's own unpickler, then ``set_state``."""
     from .._loading import load_state
 
     instance.set_state(load_state(*_bind(*args, **kwargs)))
@@ -35,15 +37,6 @@ def optim_load(
     from .._loading import load_optim_state
 
     instance.set_state(load_optim_state(*_bind(*args, **kwargs)))
-
-
-def check_store_load() -> None:
-    """:class:`Unsupported` where this torch cannot load a store weights-only."""
-    from .._loading import unsupported
-
-    reason = unsupported()
-    if reason:
-        raise Unsupported(reason)
 
 
 REPAIRS = (
@@ -66,9 +59,14 @@ REPAIRS = (
                 pyro_max=(1, 9, 1),
                 torch_max=(2, 5),
             ),
+            # Even weights-only: torch builds what the file says before anyone checks.
+            Bug(
+                "builds whatever tensors and constraints the file describes: tensors "
+                "larger than their data, deflated records, constraints nested or "
+                "broadcast far beyond the file"
+            ),
         ),
-        lambda owner: store_load,
-        check=check_store_load,
+        store_load,
     ),
     Repair(
         "pyro.optim.optim:PyroOptim.load",
@@ -91,6 +89,6 @@ REPAIRS = (
                 "the file become a tensor of any size"
             ),
         ),
-        lambda owner: optim_load,
+        optim_load,
     ),
 )
