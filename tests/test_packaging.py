@@ -67,7 +67,7 @@ def test_the_dist_check_fails_on_a_wheel_without_py_typed_or_a_module(tmp_path):
         sdist.add(ROOT / "README.md", arcname="pyro_pickle_fix-0.0.0/README.md")
     found = check_dist.problems(tmp_path)
     assert "wheel lacks pyro_pickle_fix/py.typed" in found
-    assert "wheel lacks pyro_pickle_fix/_patcher.py" in found
+    assert "wheel lacks pyro_pickle_fix/_engine.py" in found
     assert "wheel lacks pyro_pickle_fix/diagnostics/audit.py" in found
     assert "wheel lacks the console script pyro-pickle-fix" in found
     assert "sdist pyro_pickle_fix-0.0.0 lacks tests/conftest.py" in found

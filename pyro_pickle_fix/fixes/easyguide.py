@@ -5,6 +5,7 @@ original."""
 
 from __future__ import annotations
 
+import copy
 import weakref
 
 from .._repairs import PY311, Bug, Repair
@@ -34,9 +35,10 @@ def group_state(owner: type) -> Wrapper:
         if guide is None:
             raise DeadReferenceError(
                 f"cannot pickle {type(instance).__module__}.{type(instance).__qualname__} "
-                f"object at {id(instance):#x}: its EasyGuide has been garbage collected, "
-                "so the pickle could not be loaded. Keep a reference to the EasyGuide "
-                "and save it together with this Group (or save the guide itself)."
+                f"object at {id(instance):#x}: its attribute '_guide' is a weak reference "
+                "to an object that has been garbage collected, so the pickle could not "
+                "be loaded. Keep a reference to its EasyGuide and save it together with "
+                "this Group (or save the guide itself)."
             )
         state["_guide"] = guide
         return state
@@ -57,6 +59,21 @@ def easyguide_state(owner: type) -> Callable[[Any], Any]:
         return state
 
     return __getstate__
+
+
+def easyguide_copy(owner: type) -> Callable[[Any], Any]:
+    """``EasyGuide.__copy__`` (it has none of its own): what ``copy.copy`` gives
+    without one, but sharing the plate cache with the original, as stock's copy
+    does (the state above gives a save a copy of it)."""
+
+    def __copy__(self: Any) -> Any:
+        clone = copy._reconstruct(self, None, *self.__reduce_ex__(4))  # type: ignore[attr-defined]
+        live, copied = self.__dict__.get("plates"), clone.__dict__.get("plates")
+        if type(live) is dict and type(copied) is dict and copied is not live and copied == live:
+            clone.__dict__["plates"] = live
+        return clone
+
+    return __copy__
 
 
 def adopt_groups(owner: type) -> Callable[..., Any]:
@@ -124,6 +141,18 @@ REPAIRS = (
         ),
         easyguide_state,
         how="add",
+    ),
+    Repair(
+        f"{_MODULE}:EasyGuide.__copy__",
+        (
+            Bug(
+                "part of the plate-cache repair: copy.copy of an EasyGuide shares the "
+                "plate cache with the original, as stock's copy does"
+            ),
+        ),
+        easyguide_copy,
+        how="add",
+        requires=(f"{_MODULE}:EasyGuide.__getstate__",),
     ),
     Repair(
         f"{_MODULE}:EasyGuide.__setstate__",

@@ -66,7 +66,7 @@ REPAIRS = (
                 "broadcast far beyond the file"
             ),
         ),
-        store_load,
+        lambda owner: store_load,  # (a wrap fix is made for the class it wraps)
     ),
     Repair(
         "pyro.optim.optim:PyroOptim.load",
@@ -89,6 +89,6 @@ REPAIRS = (
                 "the file become a tensor of any size"
             ),
         ),
-        optim_load,
+        lambda owner: optim_load,
     ),
 )
