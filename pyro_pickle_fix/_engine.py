@@ -105,8 +105,6 @@ def unpatch() -> None:
                 del _installed[target]
         _skipped.clear()
         _unfixed.clear()
-        for target in _installed:
-            _skipped[target] = "another library wraps it on top of pyro-pickle-fix"
 
 
 def is_patched() -> bool:
@@ -509,7 +507,9 @@ def status() -> Status:
         for repair in repairs():
             wrapped = _in_place(repair)
             needed = None if pyro is None else repair.needed(pyro, python, torch)
-            if repair.target in _skipped:
+            if wrapped and not active:
+                note = "could not remove it: another library wraps it on top of ours"
+            elif repair.target in _skipped:
                 note = "left stock: " + _skipped[repair.target]
             elif pyro is None:
                 note = "pyro-ppl is not installed"

@@ -10,8 +10,7 @@ import torch
 from support import run_json, run_python
 
 import pyro_pickle_fix
-from pyro_pickle_fix import _patcher as patching
-from pyro_pickle_fix._targets import PATCHES
+from pyro_pickle_fix import _engine as engine
 
 
 def resolve(entry):
@@ -28,38 +27,44 @@ def current(entry):
     return vars(owner).get(name)
 
 
-# Every pyro and torch target; the param store's weights-only load needs torch 2.5+
-# (torch.serialization.safe_globals), and is left as stock before that.
-WRAPPED = [
-    entry
-    for entry in PATCHES
-    if not entry.engine
-    and (entry.kind != "safe_load" or hasattr(torch.serialization, "safe_globals"))
-]
+def _has_bug(repair):
+    from support import PYRO
+
+    torch_version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    return repair.needed(PYRO, sys.version_info[:3], torch_version) is not False
 
 
-def test_without_a_weights_only_allowlist_the_load_is_skipped_quietly():
-    row = next(r for r in pyro_pickle_fix.status().targets if r.target.endswith(".load"))
-    if hasattr(torch.serialization, "safe_globals"):
-        assert row.wrapped is True and row.note == ""
-    else:
-        assert row.wrapped is False
-        assert row.note.startswith(f"skipped: torch {torch.__version__} has no weights-only")
+# Every pyro and torch repair whose bug this pyro-ppl, Python and torch have.
+WRAPPED = [r for r in engine.repairs() if r.package in ("pyro-ppl", "torch") and _has_bug(r)]
+
+
+def test_a_repair_is_in_place_exactly_where_its_bug_is():
+    rows = {row.target: row for row in pyro_pickle_fix.status().targets}
+    for repair in engine.repairs():
+        if repair.package not in ("pyro-ppl", "torch"):
+            continue
+        row = rows[repair.dotted]
+        assert row.wrapped is _has_bug(repair), (repair, row.note)
+        if not row.wrapped:
+            assert row.note == "left stock: this pyro-ppl, Python and torch do not have its bug"
 
 
 def test_every_target_is_wrapped_once_around_pyros_original():
     pyro_pickle_fix.patch()
     pyro_pickle_fix.patch()
-    for entry in WRAPPED:
-        wrapper = current(entry)
-        assert wrapper._self_pyro_pickle_fix == entry.target, entry
-        original = wrapper.__wrapped__
-        assert type(original) is types.FunctionType, entry  # exactly one layer
-        assert not hasattr(original, "_self_pyro_pickle_fix"), entry
-        if entry.added:
-            continue  # the class has none of its own: the next test checks what runs
-        assert original.__module__.split(".")[0] in ("pyro", "torch"), entry
-        assert original.__name__ == entry.path[-1], entry
+    for repair in WRAPPED:
+        put = current(repair)
+        assert engine._ours(put), repair
+        if repair.how == "add":
+            assert not hasattr(put, "__wrapped__"), repair  # the class had none
+            continue
+        original = put.__wrapped__
+        assert type(original) is types.FunctionType, repair  # exactly one layer
+        assert not engine._ours(original), repair
+        assert original.__module__.split(".")[0] in ("pyro", "torch"), repair
+        assert original.__name__ == repair.path[-1], repair
+        if repair.how == "wrap":
+            assert hasattr(put, "_self_wrapper"), repair  # a wrapt proxy
 
 
 def test_an_added_method_runs_what_the_class_inherits():
@@ -90,29 +95,29 @@ def test_an_added_method_runs_what_the_class_inherits():
 
 
 def test_unpatch_restores_the_original_objects_and_patch_rewraps():
-    originals = {entry.target: current(entry).__wrapped__ for entry in WRAPPED}
+    originals = {r.target: getattr(current(r), "__wrapped__", None) for r in WRAPPED}
     pyro_pickle_fix.unpatch()
     try:
         assert not pyro_pickle_fix.is_patched()
-        for entry in WRAPPED:
-            if entry.added:  # the class had no such method: it has none again
-                assert current(entry) is None, entry
-                assert entry.path[-1] not in vars(resolve(entry)[0]), entry
+        for repair in WRAPPED:
+            if repair.how == "add":  # the class had no such method: it has none again
+                assert current(repair) is None, repair
+                assert repair.path[-1] not in vars(resolve(repair)[0]), repair
             else:
-                assert current(entry) is originals[entry.target], entry
+                assert current(repair) is originals[repair.target], repair
         assert not any(row.wrapped for row in pyro_pickle_fix.status().targets)
     finally:
         pyro_pickle_fix.patch()
     assert pyro_pickle_fix.is_patched()
-    for entry in WRAPPED:
-        if not entry.added:
-            assert current(entry).__wrapped__ is originals[entry.target]
+    for repair in WRAPPED:
+        if repair.how != "add":
+            assert current(repair).__wrapped__ is originals[repair.target]
 
 
 def test_status_says_what_is_wrapped_as_the_classes_have_it():
     def wrapped_now():
         # Read off the classes themselves, not off the package's bookkeeping.
-        return {entry.dotted: hasattr(current(entry), "_self_pyro_pickle_fix") for entry in WRAPPED}
+        return {r.dotted: engine._ours(current(r)) for r in WRAPPED}
 
     def reported():
         return {row.target: row.wrapped for row in pyro_pickle_fix.status().targets}
@@ -138,15 +143,17 @@ def test_status_says_per_target_which_bugs_this_python_and_pyro_have():
     group = rows["pyro.contrib.easyguide.easyguide.Group.__getstate__"]
     assert any("strong reference in the live __dict__" in bug for bug in group.bugs) is GROUP_BUG
     assert any("pickles, and the bytes fail to load" in bug for bug in group.bugs)  # always
-    module = rows["pyro.nn.module.PyroModule.__getstate__"]
-    assert any("dictionary changed size during iteration" in bug for bug in module.bugs)
+    plates = rows["pyro.contrib.easyguide.easyguide.EasyGuide.__getstate__"]
+    assert any("dictionary changed size during iteration" in bug for bug in plates.bugs)
     messenger = rows["pyro.poutine.guide.GuideMessenger.__getstate__"]
     assert messenger.needed is GUIDE_MESSENGER_BUG
     assert bool(messenger.bugs) is GUIDE_MESSENGER_BUG
     transform = rows["torch.distributions.transforms.Transform.__getstate__"]
     # weakrefs nulled in the live __dict__: only where object.__getstate__ returns it
     assert any("weakref attributes to None" in bug for bug in transform.bugs) is PY311
-    assert transform.needed is True  # the deepcopy bug is on every Python
+    assert transform.needed is PY311 and transform.wrapped is PY311
+    deepcopy = rows["torch._tensor.Tensor.__deepcopy__"]
+    assert deepcopy.needed is True  # the deepcopy bug is on every Python
 
 
 def test_status_says_when_an_engine_is_not_installed():
@@ -237,32 +244,41 @@ def test_a_missing_target_is_skipped_with_one_warning_each():
         " for w in caught], 'note': rows['pyro.contrib.easyguide.easyguide.Group.__getstate__'],"
         " 'patched': pyro_pickle_fix.is_patched()}))"
     )
-    assert len(found["warnings"]) == 2, found
+    # One per missing target (EasyGuide.__copy__, which needs __getstate__, says so
+    # in status() alone).
+    assert len(found["warnings"]) == 3, found
     assert {category for category, _ in found["warnings"]} == {"PyroPickleFixWarning"}
-    group, easy = sorted(message for _, message in found["warnings"])
-    assert "skipped pyro.contrib.easyguide.easyguide.EasyGuide.__setstate__" in group
-    assert "skipped pyro.contrib.easyguide.easyguide.Group.__getstate__" in easy
-    assert "has no 'Group'" in easy
-    assert found["note"].startswith("skipped: ")
-    assert found["patched"] is True  # every target that exists is wrapped
+    state, setstate, group = sorted(message for _, message in found["warnings"])
+    assert "skipped pyro.contrib.easyguide.easyguide.EasyGuide.__getstate__" in state
+    assert "skipped pyro.contrib.easyguide.easyguide.EasyGuide.__setstate__" in setstate
+    assert "skipped pyro.contrib.easyguide.easyguide.Group.__getstate__" in group
+    assert "has no 'Group'" in group
+    assert found["note"].startswith("left stock: ")
+    assert found["patched"] is False  # a repair whose bug is here is missing
 
 
-def test_an_unknown_pyro_version_is_patched_with_a_warning(monkeypatch):
+def test_an_unknown_pyro_leaves_what_reimplements_pyro_stock_with_one_warning(monkeypatch):
     pyro_pickle_fix.unpatch()
-    monkeypatch.setattr(patching, "pyro_version", lambda: "1.10.0")
-    monkeypatch.setattr(patching, "_warned_unknown_pyro", False)
+    real = engine._version
+    monkeypatch.setattr(engine, "_version", lambda d: "1.10.0" if d == "pyro-ppl" else real(d))
+    monkeypatch.setattr(engine, "_warned_unverified", False)
     try:
         with pytest.warns(pyro_pickle_fix.PyroPickleFixWarning) as caught:
             pyro_pickle_fix.patch()
-        assert pyro_pickle_fix.is_patched()
+        assert not pyro_pickle_fix.is_patched()
         messages = [str(w.message) for w in caught]
         assert len(messages) == 1
         assert "pyro-ppl 1.10.0 is outside the releases" in messages[0]
         assert "python -m pyro_pickle_fix check" in messages[0]
-        needed = {row.target: row.needed for row in pyro_pickle_fix.status().targets}
+        rows = {row.target: row for row in pyro_pickle_fix.status().targets}
         # Fixed upstream in 1.9.2, so not needed on a later release; the rest unknown.
-        assert needed["pyro.poutine.guide.GuideMessenger.__getstate__"] is False
-        assert needed["pyro.nn.module.PyroModule.__getstate__"] is None
+        assert rows["pyro.poutine.guide.GuideMessenger.__getstate__"].needed is False
+        for repair in engine.repairs():
+            row = rows[repair.dotted]
+            if repair.reimplements and row.needed is None:
+                assert not row.wrapped and "not verified against pyro-ppl 1.10.0" in row.note
+            elif repair.package == "torch" or repair.target.endswith(".load"):
+                assert row.wrapped, row.note  # calls pyro's or torch's own code: stays on
     finally:
         pyro_pickle_fix.unpatch()
         monkeypatch.undo()
@@ -272,8 +288,8 @@ def test_an_unknown_pyro_version_is_patched_with_a_warning(monkeypatch):
 def test_a_reloaded_package_adds_no_second_layer():
     found = run_json(
         "import importlib, json, pyro_pickle_fix, pyro.contrib.easyguide as e\n"
-        "from pyro_pickle_fix import _patcher as patching\n"
-        "importlib.reload(patching); importlib.reload(pyro_pickle_fix)\n"
+        "from pyro_pickle_fix import _engine\n"
+        "importlib.reload(_engine); importlib.reload(pyro_pickle_fix)\n"
         "pyro_pickle_fix.patch()\n"
         "w = vars(e.easyguide.Group)['__getstate__']\n"
         "print(json.dumps([type(w.__wrapped__).__name__, pyro_pickle_fix.is_patched()]))"

@@ -20,7 +20,7 @@ from guides import build
 from support import run_json
 
 import pyro_pickle_fix
-from pyro_pickle_fix import _patcher
+from pyro_pickle_fix import _engine
 
 TESTS = Path(__file__).parent
 
@@ -247,9 +247,9 @@ def test_copy_copy_of_a_parameter_keeps_pyros_weakref_as_stock_does():
 def test_is_patched_and_status_change_nothing():
     found = run_json(
         "import json, sys, pyro_pickle_fix\n"
-        "from pyro_pickle_fix import _patcher\n"
+        "from pyro_pickle_fix import _engine\n"
         "answers = [pyro_pickle_fix.is_patched(), pyro_pickle_fix.status().active]\n"
-        "print(json.dumps([answers, _patcher._armed, _patcher._applied == {},"
+        "print(json.dumps([answers, _engine._armed, _engine._installed == {},"
         " 'pyro' in sys.modules, 'wrapt' in sys.modules]))",
         fix=None,
     )
@@ -281,8 +281,7 @@ def test_unpatch_reports_a_wrapper_someone_put_on_top_of_ours():
         assert not pyro_pickle_fix.is_patched()
     finally:
         AutoGuide.__getstate__ = ours.__wrapped__
-        _patcher._applied.pop("pyro.infer.autoguide.guides:AutoGuide.__getstate__", None)
-        _patcher._skipped.clear()
+        _engine._installed.pop("pyro.infer.autoguide.guides:AutoGuide.__getstate__", None)
         pyro_pickle_fix.patch()
     assert pyro_pickle_fix.is_patched()
     assert pyro.get_param_store() is not None
