@@ -13,8 +13,8 @@ from . import _trigger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._loading import safe_globals
     from ._engine import Status, TargetStatus, is_patched, patch, status, unpatch
+    from ._loading import safe_globals
     from .diagnostics.audit import AuditReport, audit
     from .errors import (
         DeadReferenceError,

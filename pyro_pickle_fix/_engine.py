@@ -374,14 +374,14 @@ def _wrapper_class() -> Any:
 
         import wrapt
 
-        class BoundWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[misc]
+        class BoundWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
             def _self_target(self) -> Any:
                 instance = self._self_instance
                 if instance is None:
                     instance = getattr(self, "_self_owner", None)
                 return instance
 
-            def __reduce_ex__(self, protocol: int) -> Any:
+            def __reduce_ex__(self, protocol: Any) -> Any:
                 return getattr, (self._self_target(), self.__name__)
 
             def __copy__(self) -> Any:
@@ -393,10 +393,10 @@ def _wrapper_class() -> Any:
                     return self
                 return getattr(copy.deepcopy(target, memo), self.__name__)
 
-        class Wrapper(wrapt.FunctionWrapper):  # type: ignore[misc]
+        class Wrapper(wrapt.FunctionWrapper):  # type: ignore[type-arg]
             __bound_function_wrapper__ = BoundWrapper
 
-            def __reduce_ex__(self, protocol: int) -> Any:
+            def __reduce_ex__(self, protocol: Any) -> Any:
                 return self.__qualname__  # a global, looked up by name when loaded
 
             def __copy__(self) -> Any:

@@ -26,7 +26,15 @@ PY311 = (3, 11)  # object.__getstate__ exists from 3.11 on and returns the live 
 class Bug:
     """One way stock pyro-ppl (or torch) corrupts the live object or a file."""
 
-    __slots__ = ("pyro_max", "pyro_min", "python_min", "summary", "torch_max", "torch_min", "upstream")
+    __slots__ = (
+        "pyro_max",
+        "pyro_min",
+        "python_min",
+        "summary",
+        "torch_max",
+        "torch_min",
+        "upstream",
+    )
 
     def __init__(
         self,

@@ -76,7 +76,7 @@ def easyguide_copy(owner: type) -> Callable[[Any], Any]:
     return __copy__
 
 
-def adopt_groups(owner: type) -> Callable[..., Any]:
+def adopt_groups(owner: Any) -> Callable[..., Any]:
     """``EasyGuide.__setstate__`` (it has none of its own): Groups bound to another
     live guide (``copy.copy`` shares them) are replaced by copies bound to this one,
     as the Groups of a loaded guide are; then torch's ``Module.__setstate__``."""

@@ -63,11 +63,7 @@ def tensor_copy(self: Any) -> Any:
     the storage, rebuilt through ``__reduce_ex__(4)``), with the Python attributes
     of the original, pyro's weakref included, as stock's copy has them."""
     attributes = dict(self.__dict__)
-    func, args, *rest = self.__reduce_ex__(4)
-    if rest:  # a subclass with a reduction of its own: copy.copy's own rebuild
-        clone = copy._reconstruct(self, None, func, args, *rest)  # type: ignore[attr-defined]
-    else:
-        clone = func(*args)
+    clone = copy._reconstruct(self, None, *self.__reduce_ex__(4))  # type: ignore[attr-defined]
     if attributes.keys() != clone.__dict__.keys():
         clone.__dict__.clear()
         clone.__dict__.update(attributes)
