@@ -123,11 +123,14 @@ MAX_DEPTH = 32
 #: Objects in one entry (a parameter's constraint, a parameter's optimizer state),
 #: shared references counted as copies; and in the whole state.
 MAX_ENTRY_NODES = 10_000
-MAX_NODES = 10_000_000
-#: The pickle of a state (``data.pkl``): pyro writes some 200 bytes a parameter.
-MAX_PICKLE = 64 * 2**20
-#: Containers and records the pickle may make (about seven a tensor).
-MAX_OBJECTS = 2_000_000
+MAX_NODES = 2_000_000
+#: The pickle of a state (``data.pkl``): pyro writes some 150 bytes a parameter
+#: in a param-store file and some 350 in an optimizer file.
+MAX_PICKLE = 16 * 2**20
+#: Containers, marks, memo entries, globals and records the pickle may make (about
+#: ten a tensor).  With :data:`MAX_PICKLE`, what unpickling a file can allocate is
+#: bounded: about 8 bytes a pickle byte (references) and 100 bytes an object.
+MAX_OBJECTS = 1_000_000
 
 
 def advisory(torch_version: tuple[int, ...]) -> str | None:
@@ -535,9 +538,11 @@ class _Unpickler:
                     stack.append(str(data[pos : pos + size], "utf-8", "surrogatepass"))
                     pos += size
                 elif op == 0x71:  # q BINPUT
+                    self.made()
                     memo[data[pos]] = stack[-1]
                     pos += 1
                 elif op == 0x72:  # r LONG_BINPUT
+                    self.made()
                     memo[unpack_from("<I", data, pos)[0]] = stack[-1]
                     pos += 4
                 elif op == 0x68:  # h BINGET
@@ -547,6 +552,7 @@ class _Unpickler:
                     stack.append(memo[unpack_from("<I", data, pos)[0]])
                     pos += 4
                 elif op == 0x28:  # ( MARK
+                    self.made()
                     marks.append(stack)
                     stack = []
                 elif op == 0x4B:  # K BININT1
@@ -619,6 +625,7 @@ class _Unpickler:
                     module = str(data[pos:newline], "utf-8")
                     name = str(data[newline + 1 : second], "utf-8")
                     pos = second + 1
+                    self.made()
                     stack.append(self.find_class(module, name))
                 elif op == 0x52:  # R REDUCE
                     self.made()
@@ -689,6 +696,7 @@ class _Check:
         self.seen: dict[int, tuple[int, int]] = {}  # id -> (height, expanded size)
         self.open: set[int] = set()  # the objects the walk is inside of
         self.attributes: dict[type, frozenset[str]] = {}  # this load's own
+        self.tensor_shapes: dict[int, list[tuple[int, ...]]] = {}  # constraint id -> shapes
 
     def refuse(self, where: str, what: str, fix: str = "") -> NoReturn:
         _refuse(self.filename, self.kind, where, what, fix)
@@ -815,37 +823,45 @@ class _Check:
         shape that holds them all and the parameter holds no more elements than the
         parameter and those tensors themselves do."""
         shape = _shape(param)
-        held = _numel(shape)
-        found: dict[int, tuple[int, ...]] = {}
-        pending, visited = [constraint], set()
-        while pending:
-            item = pending.pop()
-            if type(item) in _SCALARS or id(item) in visited:
-                continue
-            visited.add(id(item))
-            if type(item) is _Tensor:
-                found[id(item)] = _shape(item)
-            elif type(item) is _Object and item.state:
-                pending.extend(item.state.values())
-            elif type(item) in (list, tuple):
-                pending.extend(item)
-            elif type(item) is dict:
-                pending.extend(item.values())
-        if not found:
+        key = id(constraint)
+        if key not in self.tensor_shapes:
+            self.tensor_shapes[key] = _tensor_shapes(constraint)
+        shapes = self.tensor_shapes[key]
+        if not shapes:
             return
-        rank = max(len(shape), *(len(s) for s in found.values()))
+        rank = max(len(shape), *(len(each) for each in shapes))
         hull = [1] * rank
-        for each in (shape, *found.values()):
+        for each in (shape, *shapes):
             for axis, extent in enumerate(each, rank - len(each)):
                 hull[axis] = max(hull[axis], extent)
-        held += sum(_numel(s) for s in found.values())
+        held = _numel(shape) + sum(_numel(each) for each in shapes)
         if _numel(tuple(hull)) > held:
             self.refuse(
                 where,
-                f"has tensors of shapes {sorted(set(found.values()))} for a parameter of "
-                f"shape {shape}: broadcast together they make {_numel(tuple(hull))} "
-                f"elements from {held} in the file",
+                f"has tensors of shapes {sorted(set(shapes))} for a parameter of shape "
+                f"{shape}: broadcast together they make {_numel(tuple(hull))} elements "
+                f"from {held} in the file",
             )
+
+
+def _tensor_shapes(constraint: Any) -> list[tuple[int, ...]]:
+    """The shapes of the distinct tensors within a (checked) constraint."""
+    found: list[tuple[int, ...]] = []
+    pending, visited = [constraint], set()
+    while pending:
+        item = pending.pop()
+        if type(item) in _SCALARS or id(item) in visited:
+            continue
+        visited.add(id(item))
+        if type(item) is _Tensor:
+            found.append(_shape(item))
+        elif type(item) is _Object and item.state:
+            pending.extend(item.state.values())
+        elif type(item) in (list, tuple):
+            pending.extend(item)
+        elif type(item) is dict:
+            pending.extend(item.values())
+    return found
 
 
 def _shape(tensor: _Tensor) -> tuple[int, ...]:
