@@ -3,7 +3,9 @@
 ``python3 dev.py matrix`` runs them all, in order: ``release`` (builds the sdist
 and the wheel that every other session installs), ``startup`` on every Python,
 ``tests`` on every cell, and ``engines``.  (``python3 dev.py test`` runs the
-linters and the suite in ``.venv``, without nox.)
+linters and the suite in ``.venv``, without nox.)  Each cell runs the mutation
+check (tests/test_mutants.py) with the rest of its tests, ``engines`` its Dask
+mutant, and each leaves a JUnit report in ``.nox/results`` for tools/mutants.py.
 
 torch is always pinned (an unpinned torch is a multi-GB CUDA build of whatever
 is newest): each Python has its own torch, from the oldest the package supports
@@ -262,5 +264,19 @@ def engines(session: nox.Session, pyro: str) -> None:
         "no:cacheprovider",
         "tests/test_engines.py",
         *session.posargs,
+        env={"PYRO_PICKLE_FIX_TEST_ENGINES": "1"},
+    )
+    # The Dask repair's mutant: no other session installs distributed.  Its report
+    # joins the cells' for tools/mutants.py (every mutant killed in some cell).
+    os.makedirs(RESULTS, exist_ok=True)
+    report = os.path.join(RESULTS, f"engines-py{session.python}-pyro{pyro}.xml")
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_mutants.py",
+        "-k",
+        "dask_serialize",
+        f"--junitxml={report}",
         env={"PYRO_PICKLE_FIX_TEST_ENGINES": "1"},
     )
