@@ -122,7 +122,8 @@ def test_a_malicious_file_is_refused_and_none_of_it_runs(tmp_path):
     assert isinstance(caught.value, pickle.UnpicklingError)
     assert caught.value.name in ("posix.system", "os.system")
     message = str(caught.value)
-    assert "refused to load" in message and "add_safe_globals" in message
+    assert "refused to load" in message
+    assert "add_safe_globals" not in message  # never advice to allow a code-running global
     assert "weights_only=False" in message  # how to load a file the user trusts
     assert list(pyro.get_param_store().keys()) == []
 
