@@ -48,6 +48,10 @@ if TYPE_CHECKING:
     from io import BufferedReader
     from typing import Any, NoReturn
 
+    #: Where in the state: a top-level name, or (the container's place, "[" or
+    #: ".", key), written out only for a refusal (:func:`_render`).
+    Where = str | tuple[Any, str, Any]
+
 
 #: What a param-store file may name besides tensors: every constraint class that
 #: torch and pyro define (``module.qualname``), fixed, whatever the process has
@@ -414,6 +418,9 @@ class _Global:
     def __init__(self, name: str, role: str, value: Any = None) -> None:
         self.name, self.role, self.value = name, role, value
 
+    def __repr__(self) -> str:
+        return self.name
+
 
 class _Hooks:
     """``collections.OrderedDict()``: a tensor's (always empty) backward hooks."""
@@ -470,15 +477,15 @@ class _Unpickler:
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
-            self.refuse(f"declares a persistent object {pid!r:.80} that is not a storage")
+            self.refuse(f"declares a persistent object ({_describe(pid)}) that is not a storage")
         _, storage_type, key, location, numel = pid
         if not (isinstance(storage_type, _Global) and storage_type.role == "storage"):
-            self.refuse(f"declares storage {key!r:.40} of type {storage_type!r:.60}")
+            self.refuse(f"declares storage {_short(key)} of type {_describe(storage_type)}")
         if type(key) is not str or type(numel) is not int or numel < 0:
-            self.refuse(f"declares a storage with key {key!r:.40} and size {numel!r:.40}")
+            self.refuse(f"declares a storage with key {_short(key)} and size {_short(numel)}")
         if type(location) is not str or not _LOCATION.fullmatch(location):
             self.refuse(
-                f"declares storage {key!r} on device {location!r:.40}, which holds no data "
+                f"declares storage {key!r} on device {_short(location)}, which holds no data "
                 "in the file (pyro saves cpu, cuda, mps or xpu tensors)"
             )
         dtype = storage_type.value
@@ -636,7 +643,7 @@ class _Unpickler:
                     args = stack.pop()
                     cls = stack[-1]
                     if not (isinstance(cls, _Global) and cls.role == "class" and args == ()):
-                        self.refuse(f"makes an object of {cls!r:.80} with arguments {args!r:.80}")
+                        self.refuse(f"makes an object of {_describe(cls)} with arguments")
                     stack[-1] = _Object(cls.value)
                 elif op == 0x62:  # b BUILD
                     state = stack.pop()
@@ -698,8 +705,8 @@ class _Check:
         self.attributes: dict[type, frozenset[str]] = {}  # this load's own
         self.tensor_shapes: dict[int, list[tuple[int, ...]]] = {}  # constraint id -> shapes
 
-    def refuse(self, where: str, what: str, fix: str = "") -> NoReturn:
-        _refuse(self.filename, self.kind, where, what, fix)
+    def refuse(self, where: Where, what: str, fix: str = "") -> NoReturn:
+        _refuse(self.filename, self.kind, _render(where), what, fix)
 
     def entries(self, mapping: Any, where: str, depth: int) -> int:
         """The entries of a top-level dict, each within :data:`MAX_ENTRY_NODES`; the
@@ -708,12 +715,12 @@ class _Check:
         for key, value in mapping.items():
             if type(key) is not str:
                 self.refuse(where or "it", f"has a key of type {_type(key)}, not a name")
-            total += self.value(value, f"{where}[{key!r}]", depth + 1)[1]
+            total += self.value(value, (where, "[", key), depth + 1)[1]
             if total > MAX_NODES:
                 self.refuse(where or "it", f"holds more than {MAX_NODES} objects")
         return total
 
-    def value(self, value: Any, where: str, depth: int) -> tuple[int, int]:
+    def value(self, value: Any, where: Where, depth: int) -> tuple[int, int]:
         """``value``'s height and expanded size."""
         if type(value) in _SCALARS:
             return 0, 1
@@ -729,14 +736,14 @@ class _Check:
             self.refuse(where, f"is nested more than {MAX_DEPTH} levels deep")
         kind = type(value)
         if kind is dict:
-            children = [(item, f"{where}[{name!r}]") for name, item in value.items()]
+            children = [(item, (where, "[", name)) for name, item in value.items()]
         elif kind is list or kind is tuple:
-            children = [(item, f"{where}[{index}]") for index, item in enumerate(value)]
+            children = [(item, (where, "[", index)) for index, item in enumerate(value)]
         elif kind is _Tensor:
             self.tensor(value, where)
             children = []
         elif kind is _Object:
-            children = [(item, f"{where}.{name}") for name, item in self.state(value, where)]
+            children = [(item, (where, ".", name)) for name, item in self.state(value, where)]
         else:
             self.refuse(where, f"is {_describe(value)}")
         self.open.add(key)
@@ -755,7 +762,7 @@ class _Check:
         self.seen[key] = (height, size)
         return height, size
 
-    def tensor(self, tensor: _Tensor, where: str) -> None:
+    def tensor(self, tensor: _Tensor, where: Where) -> None:
         args = tensor.args
         if tensor.parameter:
             if not (len(args) == 3 and type(args[0]) is _Tensor and not args[0].parameter):
@@ -777,7 +784,9 @@ class _Check:
         if not all(type(shape) is tuple and all(type(n) is int for n in shape) for shape in ints):
             self.refuse(where, "is a tensor whose size or stride is not a tuple of integers")
         if len(size) != len(stride) or len(size) > 64 or type(offset) is not int or offset < 0:
-            self.refuse(where, f"is a tensor of size {size}, stride {stride}, offset {offset}")
+            self.refuse(
+                where, f"is a tensor of size {size}, stride {stride}, offset {_short(offset)}"
+            )
         numel, last = 1, offset
         for extent, step in zip(size, stride, strict=True):
             if extent < 0 or step < 0 or (step == 0 and extent > 1):
@@ -800,7 +809,7 @@ class _Check:
         if not numel and offset > held:
             self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
 
-    def state(self, obj: _Object, where: str) -> list[tuple[str, Any]]:
+    def state(self, obj: _Object, where: Where) -> list[tuple[str, Any]]:
         """A constraint's attributes: only names its class's constructor sets, none
         of them a method or another descriptor of the class."""
         cls, state = obj.cls, obj.state
@@ -813,7 +822,7 @@ class _Check:
             if type(name) is not str or name not in allowed or _is_descriptor(cls, name):
                 self.refuse(
                     where,
-                    f"is a {cls.__qualname__} with an attribute {name!r}, which its "
+                    f"is a {cls.__qualname__} with an attribute {_short(name)}, which its "
                     f"constructor does not set (it sets {sorted(allowed) or 'none'})",
                 )
         return list(state.items())
@@ -862,6 +871,23 @@ def _tensor_shapes(constraint: Any) -> list[tuple[int, ...]]:
         elif type(item) is dict:
             pending.extend(item.values())
     return found
+
+
+def _render(where: Where) -> str:
+    """A place in the state, written out (each key cut short)."""
+    parts = []
+    while isinstance(where, tuple):
+        where, separator, key = where
+        parts.append(f"[{_short(key)}]" if separator == "[" else f".{_short(key)[1:-1]}")
+    return str(where) + "".join(reversed(parts))
+
+
+def _short(value: Any) -> str:
+    """A value for a message: a scalar's repr (cut short), else its type."""
+    if type(value) in _SCALARS:
+        text = repr(value[:60] if type(value) is str else value)
+        return text if len(text) <= 64 else text[:60] + "..."
+    return _describe(value)
 
 
 def _shape(tensor: _Tensor) -> tuple[int, ...]:

@@ -1190,3 +1190,30 @@ def test_stock_loads_a_tensor_that_repeats_one_value(tmp_path):
     assert found.stdout.strip() == str(10**8), found.stderr  # every stock release, every torch
     refused = _refused_optim(path, UntrustedContentError)
     assert refused.where == "state['AutoNormal.locs.g0']['state'][0]['exp_avg']"
+
+
+def test_long_names_cost_nothing_until_a_refusal_names_them(tmp_path):
+    # A 100 KB parameter name over a constraint of 9,000 parts: a place in the state
+    # is written out only for a refusal, and then cut short.
+    import tracemalloc
+
+    name = "n" * 100_000
+    real = REAL
+    cat = New(
+        G("torch.distributions.constraints._Cat"),
+        {"cseq": [real] * 4_500, "dim": 0, "lengths": [1] * 4_500},
+    )
+    path = tmp_path / "long.pt"
+    write_file(path, store({name: tensor("0", 4_500, (4_500,))}, {name: cat}), {"0": bytes(18_000)})
+    tracemalloc.start()
+    try:
+        state = _loading.load_state(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(state["constraints"][name].cseq) == 4_500
+    assert peak < 20 * 2**20, peak
+    cat.state["lengths"] = [1] * 4_499 + [G("torch.FloatStorage")]
+    write_file(path, store({name: tensor("0", 4_500, (4_500,))}, {name: cat}), {"0": bytes(18_000)})
+    refused = _refused_store(path, UntrustedContentError)
+    assert len(refused.where) < 200 and refused.where.endswith(".lengths[4499]")
