@@ -61,9 +61,12 @@ REPAIRS = (
             ),
             # Even weights-only: torch builds what the file says before anyone checks.
             Bug(
-                "builds whatever tensors and constraints the file describes: tensors "
-                "larger than their data, deflated records, constraints nested or "
-                "broadcast far beyond the file"
+                "builds whatever tensors and constraints the file describes before "
+                "anything is checked: sparse tensors with indices out of bounds (torch "
+                "validates them on weights-only loads only from the release with this "
+                "PR), tensors larger than their data, deflated records, constraints "
+                "nested or broadcast far beyond the file",
+                upstream="https://github.com/pytorch/pytorch/pull/184750",
             ),
         ),
         lambda owner: store_load,  # (a wrap fix is made for the class it wraps)
