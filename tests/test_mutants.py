@@ -133,8 +133,10 @@ def why_not_here(mutant: str) -> str | None:
     pyro, torch = _installed("pyro-ppl"), _installed("torch")
     assert pyro is not None
     if repair.needed(pyro, sys.version_info[:3], torch) is False:
-        versions = f"pyro-ppl {metadata.version('pyro-ppl')}, Python {sys.version.split()[0]}"
-        return f"{repair.dotted} is not needed: {versions}, torch {torch} do not have its bug"
+        here = f"pyro-ppl {metadata.version('pyro-ppl')}, Python {sys.version.split()[0]}"
+        if torch is not None:
+            here += f", torch {metadata.version('torch')}"
+        return f"{repair.dotted} is not needed: {here} do not have its bug"
     return None
 
 
