@@ -15,7 +15,10 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
+
+    Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 #: The families, in the order they go in (what a repair requires comes first).
 FAMILIES = ("tensors", "modules", "autoguide", "easyguide", "loading")
@@ -30,3 +33,25 @@ def inherited_state(owner: type, obj: Any) -> Any:
     if state is obj.__dict__:
         state = state.copy()
     return state
+
+
+def computed_state(compute: Callable[[Any, Any], Any]) -> Callable[[Any], Wrapper]:
+    """A ``wrap`` fix for a method that takes no arguments (``__getstate__``,
+    ``get_state``) from ``compute(owner, instance)``, which returns the state: called
+    with arguments, pyro's own method runs (and raises its ``TypeError``)."""
+
+    def make(owner: Any) -> Wrapper:
+        def wrapper(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if args or kwargs:
+                return wrapped(*args, **kwargs)
+            return compute(owner, instance)
+
+        wrapper.__doc__ = compute.__doc__
+        return wrapper
+
+    return make

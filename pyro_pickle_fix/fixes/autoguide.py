@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 
 from .._repairs import Bug, Repair
-from . import inherited_state
+from . import computed_state, inherited_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,21 +21,14 @@ if TYPE_CHECKING:
 CLEARED = ("_model", "master")
 
 
-def autoguide_state(owner: type) -> Wrapper:
+@computed_state
+def autoguide_state(owner: Any, instance: Any) -> Any:
     """``AutoGuide.__getstate__`` with ``_model`` and ``master`` None in the state
     it returns, and the live guide left as it was."""
-
-    def __getstate__(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if args or kwargs:
-            return wrapped(*args, **kwargs)
-        state = inherited_state(owner, instance)
-        for name in CLEARED:
-            state[name] = None
-        return state
-
-    return __getstate__
+    state = inherited_state(owner, instance)
+    for name in CLEARED:
+        state[name] = None
+    return state
 
 
 def state_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:

@@ -10,7 +10,7 @@ import weakref
 
 from .._repairs import PY311, Bug, Repair
 from ..errors import DeadReferenceError
-from . import inherited_state
+from . import computed_state, inherited_state
 from .autoguide import state_argument
 
 TYPE_CHECKING = False
@@ -21,29 +21,22 @@ if TYPE_CHECKING:
     Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
-def group_state(owner: type) -> Wrapper:
+@computed_state
+def group_state(owner: Any, instance: Any) -> Any:
     """``Group.__getstate__``: the state with the guide in place of the weakref to
     it, in a copy; a dead weakref is an error now, not when the bytes are loaded."""
-
-    def __getstate__(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if args or kwargs:
-            return wrapped(*args, **kwargs)
-        state = inherited_state(owner, instance)
-        guide = state["_guide"]()  # weakref -> ref
-        if guide is None:
-            raise DeadReferenceError(
-                f"cannot pickle {type(instance).__module__}.{type(instance).__qualname__} "
-                f"object at {id(instance):#x}: its attribute '_guide' is a weak reference "
-                "to an object that has been garbage collected, so the pickle could not "
-                "be loaded. Keep a reference to its EasyGuide and save it together with "
-                "this Group (or save the guide itself)."
-            )
-        state["_guide"] = guide
-        return state
-
-    return __getstate__
+    state = inherited_state(owner, instance)
+    guide = state["_guide"]()  # weakref -> ref
+    if guide is None:
+        raise DeadReferenceError(
+            f"cannot pickle {type(instance).__module__}.{type(instance).__qualname__} "
+            f"object at {id(instance):#x}: its attribute '_guide' is a weak reference "
+            "to an object that has been garbage collected, so the pickle could not "
+            "be loaded. Keep a reference to its EasyGuide and save it together with "
+            "this Group (or save the guide itself)."
+        )
+    state["_guide"] = guide
+    return state
 
 
 def easyguide_state(owner: type) -> Callable[[Any], Any]:

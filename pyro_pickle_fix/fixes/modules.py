@@ -6,7 +6,7 @@ from __future__ import annotations
 import weakref
 
 from .._repairs import PY311, Bug, Repair
-from . import inherited_state
+from . import computed_state, inherited_state
 from .tensors import TENSOR_STATE
 
 TYPE_CHECKING = False
@@ -17,68 +17,40 @@ if TYPE_CHECKING:
     Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
-def pyro_module_state(owner: type) -> Wrapper:
+@computed_state
+def pyro_module_state(owner: Any, instance: Any) -> Any:
     """``PyroModule.__getstate__`` without its loop that pops pyro's weakref from
     every live Parameter: the tensors' own state leaves it out of what is written
     (:mod:`~pyro_pickle_fix.fixes.tensors`).  The rest is pyro's line as it is."""
-
-    def __getstate__(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if args or kwargs:
-            return wrapped(*args, **kwargs)  # pyro's TypeError
-        return getattr(super(owner, instance), "__getstate__", instance.__dict__.copy)()
-
-    return __getstate__
+    return getattr(super(owner, instance), "__getstate__", instance.__dict__.copy)()
 
 
-def param_store_state(owner: type) -> Wrapper:
+@computed_state
+def param_store_state(owner: Any, instance: Any) -> Any:
     """``ParamStoreDict.get_state`` without its pop of pyro's weakref from every
     live parameter: the same two copies pyro makes, and nothing else."""
-
-    def get_state(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if args or kwargs:
-            return wrapped(*args, **kwargs)
-        return {"params": instance._params.copy(), "constraints": instance._constraints.copy()}
-
-    return get_state
+    return {"params": instance._params.copy(), "constraints": instance._constraints.copy()}
 
 
-def transform_state(owner: type) -> Wrapper:
+@computed_state
+def transform_state(owner: Any, instance: Any) -> Any:
     """pyro's ``Transform.__getstate__`` (``pyro/distributions/torch_patch.py``),
     which sets every weakref attribute to None in the state: in a copy, not in the
     live ``__dict__`` that ``object.__getstate__`` returns from Python 3.11 on."""
-
-    def __getstate__(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if args or kwargs:
-            return wrapped(*args, **kwargs)
-        state = inherited_state(owner, instance)
-        for key, value in state.items():
-            if isinstance(value, weakref.ref):
-                state[key] = None
-        return state
-
-    return __getstate__
+    state = inherited_state(owner, instance)
+    for key, value in state.items():
+        if isinstance(value, weakref.ref):
+            state[key] = None
+    return state
 
 
-def guide_messenger_state(owner: type) -> Wrapper:
+@computed_state
+def guide_messenger_state(owner: Any, instance: Any) -> Any:
     """pyro-ppl 1.8.6's ``GuideMessenger.__getstate__``, which pops the trace from
     ``super().__getstate__()``: from a copy, not from the live ``__dict__``."""
-
-    def __getstate__(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if args or kwargs:
-            return wrapped(*args, **kwargs)
-        state = inherited_state(owner, instance)
-        state.pop("trace")
-        return state
-
-    return __getstate__
+    state = inherited_state(owner, instance)
+    state.pop("trace")
+    return state
 
 
 REPAIRS = (
