@@ -1,6 +1,7 @@
 """What the fix costs, counted in instructions rather than timed.
 
     .venv/bin/python benchmarks/instructions.py                # every case, as a table
+    .venv/bin/python benchmarks/instructions.py CASE...        # those cases only
     .venv/bin/python benchmarks/instructions.py CASE COUNT     # set up, then COUNT operations
 
 Each figure is one run under ``valgrind --tool=callgrind`` that counts only the
@@ -98,6 +99,28 @@ def _tensor_saves(n: int) -> Callable[[], object]:
     return [lambda: save(state)] * n
 
 
+def _modules(count: int) -> Callable[[int], list[Callable[[], object]]]:
+    """One ``pickle.dumps`` of a list of ``count`` PyroModules, each with a
+    constrained parameter read once (pyro's weakref on it), with the garbage
+    collector on: the fix's cost must not grow faster than the stream."""
+
+    def setup(n: int) -> list[Callable[[], object]]:
+        import pickle
+
+        import torch
+        from pyro.nn import PyroModule, PyroParam
+
+        modules = []
+        for _ in range(count):
+            module = PyroModule()
+            module.w = PyroParam(torch.ones(2), constraint=torch.distributions.constraints.positive)
+            module.w  # noqa: B018  (pyro's weakref on the value)
+            modules.append(module)
+        return [lambda: pickle.dumps(modules)] * n
+
+    return setup
+
+
 #: name -> (what one operation is, set-up returning the N operations, N)
 CASES: dict[str, tuple[str, Case, int]] = {
     "tutorial-save": ("torch.save of a trained tutorial EasyGuide", _tutorial_saves, 8),
@@ -105,7 +128,11 @@ CASES: dict[str, tuple[str, Case, int]] = {
     "plain-deepcopy": ("copy.deepcopy of a plain 101-module torch model", _plain_deepcopies, 8),
     "plain-load": ("torch.load of a plain 101-module torch model", _plain_loads, 8),
     "tensors-save": ("torch.save of a dict of 1,000 plain tensors", _tensor_saves, 8),
+    "modules-100": ("pickle of 100 PyroModules, gc on", _modules(100), 4),
+    "modules-16000": ("pickle of 16,000 PyroModules, gc on", _modules(16000), 1),
 }
+#: Cases that run with the garbage collector on (the linear-growth check).
+GC_ON = ("modules-100", "modules-16000")
 
 
 def run_one(name: str, count: int) -> None:
@@ -121,7 +148,8 @@ def run_one(name: str, count: int) -> None:
     operations = setup(n)[:count]
     # No collection that one run happens to trigger and the other not.
     gc.collect()
-    gc.disable()
+    if name not in GC_ON:
+        gc.disable()
     for _ in itertools.accumulate([None, *operations], lambda _, operation: operation()):
         pass
 
@@ -151,9 +179,10 @@ def instructions(name: str, fix: bool) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv:
+    if len(argv) == 2 and argv[1].isdigit():
         run_one(argv[0], int(argv[1]))
         return 0
+    argv_cases = argv
     import platform
 
     import pyro
@@ -166,6 +195,8 @@ def main(argv: list[str]) -> int:
     print("| operation | with the fix | without | with / without |")
     print("|---|---|---|---|")
     for name, (label, _, n) in CASES.items():
+        if argv_cases and name not in argv_cases:
+            continue
         per = {fix: instructions(name, fix) / n for fix in (True, False)}
         print(
             f"| {label} | {per[True] / 1e6:,.2f} M | {per[False] / 1e6:,.2f} M "
