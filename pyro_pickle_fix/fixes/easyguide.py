@@ -112,13 +112,17 @@ REPAIRS = (
             Bug(
                 "replaces the Group's weakref to its EasyGuide with a strong "
                 "reference in the live __dict__; the next SVI step fails",
+                # Reported upstream as #3430; fixed by #3433 (pyro-ppl 1.9.2).
+                upstream="https://github.com/pyro-ppl/pyro/pull/3433",
                 pyro_max=(1, 9, 1),
                 python_min=PY311,
             ),
             # Pickles "fine" and then fails at load time, far from the cause.
             Bug(
                 "a Group whose EasyGuide is gone pickles, and the bytes fail to load "
-                "with 'cannot create weak reference to NoneType'"
+                "with 'cannot create weak reference to NoneType'",
+                # The weakref-to-strong swap for pickling came with #2129.
+                upstream="https://github.com/pyro-ppl/pyro/pull/2129",
             ),
         ),
         group_state,

@@ -59,7 +59,9 @@ REPAIRS = (
         (
             Bug(
                 "pops the 'unconstrained' weakref from every live Parameter: held "
-                "handles fail on .unconstrained() and a training thread races the save"
+                "handles fail on .unconstrained() and a training thread races the save",
+                # "Clear .unconstrained weakrefs before pickling" (#3212, for #3201).
+                upstream="https://github.com/pyro-ppl/pyro/pull/3212",
             ),
         ),
         pyro_module_state,
@@ -71,7 +73,8 @@ REPAIRS = (
         (
             Bug(
                 "pops the 'unconstrained' weakref from every live parameter in the "
-                "store (pyro.get_param_store().save())"
+                "store (pyro.get_param_store().save())",
+                upstream="https://github.com/pyro-ppl/pyro/issues/3201",
             ),
         ),
         param_store_state,
