@@ -155,7 +155,11 @@ def _apply(repair: Repair) -> None:
         _leave_stock(repair, reason, unfixed=unfixed)
         return
     table = by_target()
-    requires = _declared(repair, "requires") or ()
+    # (A requirement in a package that is not installed is moot: without torch, no
+    # tensor carries pyro's weakref.)
+    requires = [
+        r for r in _declared(repair, "requires") or () if _package_installed(table[r].module)
+    ]
     for required in requires:
         _apply(table[required])
     missing = [r for r in requires if not _in_place(table[r])]
@@ -218,6 +222,14 @@ def _why_stock(repair: Repair) -> tuple[str, bool]:
     if needed is None and repair.reimplements and not known_pyro(pyro):
         return f"not verified against pyro-ppl {pyro_text}: left stock", True
     return "", False
+
+
+def _package_installed(module: str) -> bool:
+    """Whether the package of that module is installed (imported or importable)."""
+    import importlib.util
+
+    top = module.split(".")[0]
+    return top in sys.modules or importlib.util.find_spec(top) is not None
 
 
 def _leave_stock(repair: Repair, reason: str, *, unfixed: bool) -> None:
