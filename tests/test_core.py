@@ -317,3 +317,71 @@ print(json.dumps(status))
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_a_child_forked_while_another_thread_holds_the_locks_patches():
     assert fixed(FORK_WHILE_LOCKED) == 0
+
+
+# --- from the attack on the new core ------------------------------------------
+
+SLOTTED_STATE = """
+import pickle, weakref, torch, pyro, pyro_pickle_fix
+from pyro.nn import PyroModule
+class Tagged(torch.nn.Parameter):
+    __slots__ = ("tag",)
+class Net(PyroModule):
+    def __init__(self):
+        super().__init__()
+        self.w = Tagged(torch.ones(2)); self.w.tag = "mine"
+net = Net()
+net.w.unconstrained = weakref.ref(net.w)
+pickle.dumps(net)  # stock pops pyro's weakref from the live Parameter here
+print(json.dumps(repr(net.w.__reduce_ex__(2)[1][3])))  # the state torch writes
+"""
+
+
+def test_a_slotted_parameter_s_state_is_the_one_stock_writes():
+    stock, ours = both(SLOTTED_STATE)
+    assert ours == stock == "(None, {'tag': 'mine'})"
+
+
+WRAPPED_STATE = """
+import pickle, torch, pyro, pyro_pickle_fix
+from pyro.infer.autoguide import AutoNormal
+from guides import model, train
+class TupleState(torch.nn.Module):  # after AutoGuide in the MRO, before Module
+    def __getstate__(self):
+        return (super().__getstate__(), {"format": 1})
+    def __setstate__(self, state):
+        super().__setstate__(state[0])
+class Guide(AutoNormal, TupleState):
+    pass
+guide = Guide(model)
+train(model, guide, {}, 1)
+before = guide._model
+loaded = pickle.loads(pickle.dumps(guide))
+print(json.dumps([guide._model is before, type(loaded).__name__]))
+"""
+
+
+def test_a_base_after_autoguide_that_wraps_the_state_saves_and_leaves_the_guide():
+    stock, ours = both(WRAPPED_STATE)
+    assert stock == [False, "Guide"]  # stock clears the live guide's _model
+    assert ours == [True, "Guide"]  # (the README's condition: _model is written, not None)
+
+
+TENSOR_COPIES = """
+import copy, copyreg, torch, pyro, pyro_pickle_fix
+class Cached(torch.Tensor):
+    def __getstate__(self):
+        state = dict(self.__dict__); state.pop("cache", None); return state
+t = torch.zeros(2).as_subclass(Cached); t.cache = "expensive"; t.label = "n"
+class Mine(torch.Tensor):
+    pass
+copyreg.pickle(Mine, lambda m: (torch.zeros, (tuple(m.shape),)))
+m = torch.ones(2).as_subclass(Mine)
+c = copy.copy(m)
+print(json.dumps([sorted(copy.copy(t).__dict__), type(c).__name__, c.tolist()]))
+"""
+
+
+def test_copy_copy_of_a_tensor_subclass_does_what_stock_does():
+    stock, ours = both(TENSOR_COPIES)
+    assert ours == stock == [["label"], "Tensor", [0.0, 0.0]]

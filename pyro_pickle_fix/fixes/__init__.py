@@ -13,6 +13,9 @@ changes would otherwise land in, so the stream shares what stock's shares.
 
 from __future__ import annotations
 
+import copy
+import copyreg
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,3 +58,15 @@ def computed_state(compute: Callable[[Any, Any], Any]) -> Callable[[Any], Wrappe
         return wrapper
 
     return make
+
+
+def stock_copy(obj: Any) -> tuple[Any, bool]:
+    """What ``copy.copy(obj)`` gives where the class has no ``__copy__`` (the
+    ``copyreg`` reducer registered for the class, else ``__reduce_ex__(4)``, then
+    copy's own rebuild), and whether ``__reduce_ex__`` made it: a ``__copy__`` the
+    fix adds builds on this, and changes nothing that a reducer of yours made."""
+    reductor = copyreg.dispatch_table.get(type(obj))
+    reduced = reductor(obj) if reductor is not None else obj.__reduce_ex__(4)
+    if isinstance(reduced, str):
+        return obj, reductor is None
+    return copy._reconstruct(obj, None, *reduced), reductor is None  # type: ignore[attr-defined]

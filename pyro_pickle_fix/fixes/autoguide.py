@@ -26,8 +26,10 @@ def autoguide_state(owner: Any, instance: Any) -> Any:
     """``AutoGuide.__getstate__`` with ``_model`` and ``master`` None in the state
     it returns, and the live guide left as it was."""
     state = inherited_state(owner, instance)
-    for name in CLEARED:
-        state[name] = None
+    if isinstance(state, dict):  # (a state of another shape is returned as it is)
+        for name in CLEARED:
+            if name in state:
+                state[name] = None
     return state
 
 

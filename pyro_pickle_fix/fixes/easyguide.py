@@ -5,12 +5,11 @@ original."""
 
 from __future__ import annotations
 
-import copy
 import weakref
 
 from .._repairs import PY311, Bug, Repair
 from ..errors import DeadReferenceError
-from . import computed_state, inherited_state
+from . import computed_state, inherited_state, stock_copy
 from .autoguide import state_argument
 
 TYPE_CHECKING = False
@@ -60,7 +59,9 @@ def easyguide_copy(owner: type) -> Callable[[Any], Any]:
     does (the state above gives a save a copy of it)."""
 
     def __copy__(self: Any) -> Any:
-        clone = copy._reconstruct(self, None, *self.__reduce_ex__(4))  # type: ignore[attr-defined]
+        clone, by_reduce_ex = stock_copy(self)
+        if not by_reduce_ex:
+            return clone
         live, copied = self.__dict__.get("plates"), clone.__dict__.get("plates")
         if type(live) is dict and type(copied) is dict and copied is not live and copied == live:
             clone.__dict__["plates"] = live

@@ -19,6 +19,7 @@ import sys
 import weakref
 
 from .._repairs import Bug, Repair
+from . import stock_copy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,11 +42,18 @@ else:  # what torch's _get_obj_state computes where object has no __getstate__
         return obj.__dict__
 
 
+# object.__getstate__ gives None for an empty __dict__ (from Python 3.11 on; torch's
+# own fallback before that gives the dict): what stock's state is after its pop.
+_EMPTY_IS_NONE = sys.version_info >= (3, 11)
+
+
 def _without_weakref(attributes: Any) -> Any:
     if type(attributes) is dict and isinstance(attributes.get(KEY), weakref.ref):
         # (The live __dict__, which a training thread may change meanwhile: one copy.)
         attributes = attributes.copy()
         attributes.pop(KEY, None)
+        if not attributes and _EMPTY_IS_NONE:
+            return None
     return attributes
 
 
@@ -60,13 +68,16 @@ def tensor_state(self: Any) -> Any:
 
 def tensor_copy(self: Any) -> Any:
     """``Tensor.__copy__``: what ``copy.copy`` gives without one (a tensor sharing
-    the storage, rebuilt through ``__reduce_ex__(4)``), with the Python attributes
-    of the original, pyro's weakref included, as stock's copy has them."""
-    attributes = dict(self.__dict__)
-    clone = copy._reconstruct(self, None, *self.__reduce_ex__(4))  # type: ignore[attr-defined]
-    if attributes.keys() != clone.__dict__.keys():
-        clone.__dict__.clear()
-        clone.__dict__.update(attributes)
+    the storage), with pyro's weakref kept where it stood, as stock's copy has it
+    (``__reduce_ex__`` reads the state above, which leaves it out)."""
+    link = self.__dict__.get(KEY)
+    clone, by_reduce_ex = stock_copy(self)
+    kept = getattr(clone, "__dict__", None)
+    if by_reduce_ex and isinstance(link, weakref.ref) and kept is not None and KEY not in kept:
+        ordered = {k: link if k == KEY else kept[k] for k in self.__dict__ if k == KEY or k in kept}
+        ordered.update(kept)
+        kept.clear()
+        kept.update(ordered)
     return clone
 
 
