@@ -431,14 +431,6 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def pyro_version() -> str | None:
-    """The installed pyro-ppl version, read without importing pyro; None if absent."""
-    return _version("pyro-ppl")
-
-
-installed_version = _version
-
-
 class TargetStatus:
     """One row of :func:`status`."""
 
