@@ -137,6 +137,10 @@ MAX_PICKLE = 16 * 2**20
 #: what unpickling a file can allocate is bounded: about 8 bytes a pickle byte
 #: (references) and 100 bytes an object.
 MAX_OBJECTS = 2_000_000
+#: An int dict key (an optimizer state's parameter index) and a memo index are
+#: below this: each hashes to itself, so no two collide, and a dict of any size
+#: the file makes costs linear time.
+MAX_INT_KEY = MAX_OBJECTS
 
 
 def advisory(torch_version: tuple[int, ...]) -> str | None:
@@ -552,7 +556,10 @@ class _Unpickler:
                     pos += 1
                 elif op == 0x72:  # r LONG_BINPUT
                     self.made()
-                    memo[unpack_from("<I", data, pos)[0]] = stack[-1]
+                    index = unpack_from("<I", data, pos)[0]
+                    if index >= MAX_INT_KEY:
+                        self.refuse(f"memoizes at index {index} (pickle counts from 0)")
+                    memo[index] = stack[-1]
                     pos += 4
                 elif op == 0x68:  # h BINGET
                     stack.append(memo[data[pos]])
@@ -678,6 +685,11 @@ class _Unpickler:
             key = items[index]
             if type(key) not in _KEYS:
                 self.refuse(f"has a dict key of type {_type(key)}")
+            if type(key) is int and not 0 <= key < MAX_INT_KEY:
+                self.refuse(
+                    f"has the dict key {_short(key)} (pyro's files key by name, and torch's "
+                    f"optimizer state by an index from 0 to {MAX_INT_KEY - 1})"
+                )
             target[key] = items[index + 1]
 
     def target_list(self, target: Any) -> list[Any]:
@@ -686,8 +698,12 @@ class _Unpickler:
         return target
 
 
-_KEYS = (str, int, float, bool, type(None))
-_SCALARS = frozenset(_KEYS)
+#: Dict keys: names, indices, and the two flags and None.  No float key, and an int
+#: key is an index below :data:`MAX_INT_KEY`: keys of distinct hashes that share few
+#: low bits, so that no dict the file makes costs more than linear time (Python's
+#: hash of an int is the int modulo 2**61 - 1: a file could make every key collide).
+_KEYS = (str, int, bool, type(None))
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 # ---------------------------------------------------------------------------

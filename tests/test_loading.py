@@ -637,6 +637,19 @@ def test_an_exponentially_shared_constraint_is_refused(tmp_path):
     assert "expands to more than 10000 objects" in str(refused)
 
 
+@pytest.mark.parametrize("key", [2**61 - 1, 2 * (2**61 - 1), -1, 2_000_000, 0.5])
+def test_a_dict_key_that_could_collide_is_refused(tmp_path, key):
+    # Every multiple of 2**61 - 1 hashes to 0: a dict of them costs quadratic time.
+    # An int key is an index from 0 to 1,999,999, and no key is a float.
+    path = tmp_path / "collide.pt"
+    state = {"x": {"state": {key: {}, 3 * (2**61 - 1) if key != 0.5 else 1.5: {}}}}
+    write_file(path, state)
+    refused = _refused_optim(path, UntrustedContentError)
+    assert "dict key" in str(refused), refused
+    write_file(path, {"x": {"state": {0: {}, 1_999_999: {}}, "param_groups": []}})
+    assert pyro.optim.Adam({"lr": 0.1}).load(path) is None
+
+
 def test_a_cycle_is_refused(tmp_path):
     constraint = constraints.independent(constraints.positive, 1)
     constraint.base_constraint = constraint
