@@ -292,7 +292,7 @@ class _Archive:
     def __init__(self, file: BufferedReader, filename: Any, kind: _Kind) -> None:
         self.file, self.filename, self.kind = file, filename, kind
         file.seek(0, 2)
-        length = file.tell()
+        self.length = length = file.tell()
         try:
             with zipfile.ZipFile(file) as archive:
                 infos = archive.infolist()
@@ -716,8 +716,9 @@ class _Check:
     (each distinct object is looked into once; a shared one counts as often as it
     is reached)."""
 
-    def __init__(self, filename: Any, kind: _Kind) -> None:
+    def __init__(self, filename: Any, kind: _Kind, length: int) -> None:
         self.filename, self.kind = filename, kind
+        self.length = length  # the file's size in bytes
         self.seen: dict[int, tuple[int, int]] = {}  # id -> (height, expanded size)
         self.open: set[int] = set()  # the objects the walk is inside of
         self.attributes: dict[type, frozenset[str]] = {}  # this load's own
@@ -805,7 +806,7 @@ class _Check:
             self.refuse(
                 where, f"is a tensor of size {size}, stride {stride}, offset {_short(offset)}"
             )
-        numel, last = 1, offset
+        numel, last, across = 1, offset, 1
         for extent, step in zip(size, stride, strict=True):
             if extent < 0 or step < 0 or (step == 0 and extent > 1):
                 self.refuse(
@@ -816,8 +817,16 @@ class _Check:
                     fix="If you saved an expanded tensor yourself, save .clone() of it.",
                 )
             numel *= extent
+            across *= max(extent, 1)
             last += (extent - 1) * step
         held = storage.numel
+        if not numel and across > self.length:
+            self.refuse(
+                where,
+                f"is an empty tensor of size {_dims(size)}: its other dimensions make "
+                f"{across} elements, more than the file's {self.length} bytes (a constraint's "
+                "transform or torch can make a tensor of that many elements from it)",
+            )
         if numel and (last >= held or numel > held):
             self.refuse(
                 where,
@@ -906,6 +915,12 @@ def _short(value: Any) -> str:
         text = repr(value[:60] if type(value) is str else value)
         return text if len(text) <= 64 else text[:60] + "..."
     return _describe(value)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    """A size or stride from the file, for a message (cut short)."""
+    text = str(shape[:17])
+    return text if len(text) <= 120 and len(shape) <= 16 else text[:116] + "...)"
 
 
 def _shape(tensor: _Tensor) -> tuple[int, ...]:
@@ -1118,7 +1133,7 @@ def _load(filename: Any, map_location: Any, kind: _Kind) -> Any:
         if data is None:
             archive.refuse("data.pkl", "is missing")
         state = _Unpickler(data, archive, _allowed(kind)).load()
-        check = _Check(filename, kind)
+        check = _Check(filename, kind, archive.length)
         (_check_store if kind is STORE else _check_optim)(check, state)
         try:
             return _Build(archive, map_location).value(state)

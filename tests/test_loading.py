@@ -430,6 +430,24 @@ def test_a_tensor_larger_than_its_storage_is_refused(tmp_path):
 # Finding: stride 0 through a rebuild function
 
 
+def test_an_empty_tensor_with_huge_other_dimensions_is_refused(tmp_path):
+    # 0 elements, within its (empty) data; but simplex's transform pads the last
+    # dimension to 1: pyro.param() would make 2**32 elements (16 GiB).
+    path = tmp_path / "empty.pt"
+    big = tensor("0", 0, (2**16, 2**16, 0), (2**16, 1, 1))
+    simplex = New(G("torch.distributions.constraints._Simplex"), {})
+    write_file(path, store({"x": big}, {"x": simplex}), {"0": b""})
+    refused = _refused_store(path, UntrustedContentError)
+    assert refused.where == "params['x']"
+    assert "is an empty tensor of size (65536, 65536, 0)" in str(refused)
+    pyro.clear_param_store()
+    pyro.param("e", torch.ones(3, 0), constraint=constraints.positive)
+    pyro.get_param_store().save(path)
+    pyro.clear_param_store()
+    pyro.get_param_store().load(path)
+    assert pyro.param("e").shape == (3, 0)
+
+
 def test_an_expanded_view_through_a_device_rebuild_is_refused(tmp_path):
     path = tmp_path / "device.pt"
     expanded = tensor("0", 1, (10**6,), (0,))
