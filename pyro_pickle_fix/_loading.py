@@ -128,6 +128,10 @@ MAX_DEPTH = 32
 #: shared references counted as copies; and in the whole state.
 MAX_ENTRY_NODES = 10_000
 MAX_NODES = 2_000_000
+#: The tensors of an optimizer file, in bytes, each reference counted as a copy
+#: (``Optimizer.load_state_dict`` casts each one separately), at most this many times
+#: the file's size: a file that pyro saves refers to each storage's data once.
+REFERENCED = 2
 #: The pickle of a state (``data.pkl``): pyro writes some 150 bytes a parameter
 #: in a param-store file and some 350 in an optimizer file.
 MAX_PICKLE = 16 * 2**20
@@ -719,7 +723,9 @@ class _Check:
     def __init__(self, filename: Any, kind: _Kind, length: int) -> None:
         self.filename, self.kind = filename, kind
         self.length = length  # the file's size in bytes
-        self.seen: dict[int, tuple[int, int]] = {}  # id -> (height, expanded size)
+        #: id -> (height, expanded size, expanded tensor bytes)
+        self.seen: dict[int, tuple[int, int, int]] = {}
+        self.referenced = 0  # tensor bytes of the entries so far, shared ones as copies
         self.open: set[int] = set()  # the objects the walk is inside of
         self.attributes: dict[type, frozenset[str]] = {}  # this load's own
         self.tensor_shapes: dict[int, list[tuple[int, ...]]] = {}  # constraint id -> shapes
@@ -734,15 +740,17 @@ class _Check:
         for key, value in mapping.items():
             if type(key) is not str:
                 self.refuse(where or "it", f"has a key of type {_type(key)}, not a name")
-            total += self.value(value, (where, "[", key), depth + 1)[1]
+            _, size, nbytes = self.value(value, (where, "[", key), depth + 1)
+            total += size
+            self.referenced += nbytes
             if total > MAX_NODES:
                 self.refuse(where or "it", f"holds more than {MAX_NODES} objects")
         return total
 
-    def value(self, value: Any, where: Where, depth: int) -> tuple[int, int]:
-        """``value``'s height and expanded size."""
+    def value(self, value: Any, where: Where, depth: int) -> tuple[int, int, int]:
+        """``value``'s height, expanded size and expanded tensor bytes."""
         if type(value) in _SCALARS:
-            return 0, 1
+            return 0, 1, 0
         key = id(value)
         known = self.seen.get(key)
         if known is not None:
@@ -754,12 +762,13 @@ class _Check:
         if depth > MAX_DEPTH:
             self.refuse(where, f"is nested more than {MAX_DEPTH} levels deep")
         kind = type(value)
+        nbytes = 0
         if kind is dict:
             children = [(item, (where, "[", name)) for name, item in value.items()]
         elif kind is list or kind is tuple:
             children = [(item, (where, "[", index)) for index, item in enumerate(value)]
         elif kind is _Tensor:
-            self.tensor(value, where)
+            nbytes = self.tensor(value, where)
             children = []
         elif kind is _Object:
             children = [(item, (where, ".", name)) for name, item in self.state(value, where)]
@@ -768,9 +777,10 @@ class _Check:
         self.open.add(key)
         height, size = 0, 1
         for child, inner in children:
-            child_height, child_size = self.value(child, inner, depth + 1)
+            child_height, child_size, child_bytes = self.value(child, inner, depth + 1)
             height = max(height, child_height + 1)
             size += child_size
+            nbytes += child_bytes
             if size > MAX_ENTRY_NODES:
                 self.refuse(
                     where,
@@ -778,18 +788,18 @@ class _Check:
                     "counted as the copies pyro and torch make of them)",
                 )
         self.open.discard(key)
-        self.seen[key] = (height, size)
-        return height, size
+        self.seen[key] = (height, size, nbytes)
+        return height, size, nbytes
 
-    def tensor(self, tensor: _Tensor, where: Where) -> None:
+    def tensor(self, tensor: _Tensor, where: Where) -> int:
+        """Checks the tensor against its data; its bytes."""
         args = tensor.args
         if tensor.parameter:
             if not (len(args) == 3 and type(args[0]) is _Tensor and not args[0].parameter):
                 self.refuse(where, "is a Parameter that does not wrap a tensor")
             if type(args[1]) is not bool or type(args[2]) is not _Hooks:
                 self.refuse(where, "is a Parameter with hooks or no requires_grad flag")
-            self.tensor(args[0], where)
-            return
+            return self.tensor(args[0], where)
         if len(args) not in (6, 7):
             self.refuse(where, f"is a tensor rebuilt from {len(args)} arguments")
         storage, offset, size, stride, requires_grad, hooks = args[:6]
@@ -835,6 +845,7 @@ class _Check:
             )
         if not numel and offset > held:
             self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
+        return int(numel * storage.dtype.itemsize)
 
     def state(self, obj: _Object, where: Where) -> list[tuple[str, Any]]:
         """A constraint's attributes: only names its class's constructor sets, none
@@ -1006,6 +1017,13 @@ def _check_optim(check: _Check, state: Any) -> None:
         if type(value) is not dict:
             check.refuse(f"state[{name!r}]", f"is {_describe(value)}, not a state_dict()")
     check.entries(state, "state", 0)
+    if check.referenced > REFERENCED * check.length:
+        check.refuse(
+            "",
+            f"refers to {check.referenced} bytes of tensors (shared references counted as "
+            f"the copies torch's Optimizer.load_state_dict makes of them), more than "
+            f"{REFERENCED} times the file's {check.length} bytes",
+        )
 
 
 # ---------------------------------------------------------------------------
