@@ -128,6 +128,10 @@ MAX_DEPTH = 32
 #: shared references counted as copies; and in the whole state.
 MAX_ENTRY_NODES = 10_000
 MAX_NODES = 2_000_000
+#: Steps of the broadcast check (an object looked at, an axis compared), all the
+#: distinct constraints of a file together: a genuine file takes 2 a parameter (a
+#: scalar bound) to some 10 (tensor bounds), 650,000 at most at 65,000 parameters.
+MAX_FITS_WORK = 2_000_000
 #: The tensors of an optimizer file, in bytes, each reference counted as a copy
 #: (``Optimizer.load_state_dict`` casts each one separately), at most this many times
 #: the file's size: a file that pyro saves refers to each storage's data once.
@@ -728,7 +732,9 @@ class _Check:
         self.referenced = 0  # tensor bytes of the entries so far, shared ones as copies
         self.open: set[int] = set()  # the objects the walk is inside of
         self.attributes: dict[type, frozenset[str]] = {}  # this load's own
-        self.tensor_shapes: dict[int, list[tuple[int, ...]]] = {}  # constraint id -> shapes
+        #: constraint id -> (its tensors' hull, their elements, their shapes)
+        self.tensor_shapes: dict[int, tuple[tuple[int, ...], int, list[tuple[int, ...]]]] = {}
+        self.work = 0  # steps of the broadcast check, all constraints together
 
     def refuse(self, where: Where, what: str, fix: str = "") -> NoReturn:
         _refuse(self.filename, self.kind, _render(where), what, fix)
@@ -865,50 +871,74 @@ class _Check:
                 )
         return list(state.items())
 
-    def fits(self, constraint: Any, param: _Tensor, where: str) -> None:
+    def fits(self, constraint: Any, param: _Tensor, where: Where) -> None:
         """No tensor of the constraint broadcasts past its parameter: the smallest
         shape that holds them all and the parameter holds no more elements than the
-        parameter and those tensors themselves do."""
+        parameter and those tensors themselves do.  Each distinct constraint is
+        looked into once (its tensors' hull, what they hold), and all of that work
+        counts against :data:`MAX_FITS_WORK`; then each parameter costs its rank."""
         shape = _shape(param)
         key = id(constraint)
-        if key not in self.tensor_shapes:
-            self.tensor_shapes[key] = _tensor_shapes(constraint)
-        shapes = self.tensor_shapes[key]
+        known = self.tensor_shapes.get(key)
+        if known is None:
+            known = self.tensor_shapes[key] = self.constraint_hull(constraint, where)
+        tail, tensors_held, shapes = known
         if not shapes:
             return
-        rank = max(len(shape), *(len(each) for each in shapes))
+        rank = max(len(shape), len(tail))
         hull = [1] * rank
-        for each in (shape, *shapes):
+        for each in (shape, tail):
             for axis, extent in enumerate(each, rank - len(each)):
                 hull[axis] = max(hull[axis], extent)
-        held = _numel(shape) + sum(_numel(each) for each in shapes)
+        held = _numel(shape) + tensors_held
         if _numel(tuple(hull)) > held:
+            listed = ", ".join(_dims(each) for each in shapes[:4])
+            more = f" and {len(shapes) - 4} more" if len(shapes) > 4 else ""
             self.refuse(
                 where,
-                f"has tensors of shapes {sorted(set(shapes))} for a parameter of shape "
-                f"{shape}: broadcast together they make {_numel(tuple(hull))} elements "
-                f"from {held} in the file",
+                f"has tensors of shapes {listed}{more} for a parameter of shape "
+                f"{_dims(shape)}: broadcast together they make {_numel(tuple(hull))} "
+                f"elements from {held} in the file",
             )
 
-
-def _tensor_shapes(constraint: Any) -> list[tuple[int, ...]]:
-    """The shapes of the distinct tensors within a (checked) constraint."""
-    found: list[tuple[int, ...]] = []
-    pending, visited = [constraint], set()
-    while pending:
-        item = pending.pop()
-        if type(item) in _SCALARS or id(item) in visited:
-            continue
-        visited.add(id(item))
-        if type(item) is _Tensor:
-            found.append(_shape(item))
-        elif type(item) is _Object and item.state:
-            pending.extend(item.state.values())
-        elif type(item) in (list, tuple):
-            pending.extend(item)
-        elif type(item) is dict:
-            pending.extend(item.values())
-    return found
+    def constraint_hull(
+        self, constraint: Any, where: Where
+    ) -> tuple[tuple[int, ...], int, list[tuple[int, ...]]]:
+        """The hull of the shapes of the distinct tensors within a (checked)
+        constraint, their elements, and their shapes."""
+        found: list[tuple[int, ...]] = []
+        pending, visited = [constraint], set()
+        hull: list[int] = []  # right-aligned: hull[-1] is the last axis
+        held = 0
+        while pending:
+            item = pending.pop()
+            self.work += 1
+            if type(item) in _SCALARS or id(item) in visited:
+                continue
+            visited.add(id(item))
+            if type(item) is _Tensor:
+                shape = _shape(item)
+                self.work += len(shape)
+                found.append(shape)
+                held += _numel(shape)
+                if len(shape) > len(hull):
+                    hull[:0] = [1] * (len(shape) - len(hull))
+                start = len(hull) - len(shape)
+                hull[start:] = map(max, hull[start:], shape)
+            elif type(item) is _Object and item.state:
+                pending.extend(item.state.values())
+            elif type(item) in (list, tuple):
+                pending.extend(item)
+            elif type(item) is dict:
+                pending.extend(item.values())
+            if self.work > MAX_FITS_WORK:
+                self.refuse(
+                    where,
+                    f"is one of constraints whose tensors take more than {MAX_FITS_WORK} "
+                    "steps to compare with their parameters (distinct constraints that "
+                    "share many tensors)",
+                )
+        return tuple(hull), held, found
 
 
 def _render(where: Where) -> str:

@@ -708,6 +708,44 @@ def test_bounds_that_broadcast_past_the_parameter_are_refused(tmp_path):
     assert "broadcast together they make 27000 elements from 90 in the file" in str(refused)
 
 
+def _many_tensors(count: int) -> list:
+    """``count`` distinct rank-64 tensors over one element (one storage, one size)."""
+    size, hooks, pid = (1,) * 64, Call(G("collections.OrderedDict"), ()), Pid("0", 1)
+    rebuild = G("torch._utils._rebuild_tensor_v2")
+    return [Call(rebuild, (pid, 0, size, (0,) * 64, False, hooks)) for _ in range(count)]
+
+
+def test_the_broadcast_check_looks_into_each_constraint_once(tmp_path, monkeypatch):
+    # One constraint of 1,000 rank-64 tensors shared by 200 parameters: it was
+    # compared with each parameter tensor by tensor (9,990 x 199: 27.6 s).
+    import time
+
+    bound = New(G("torch.distributions.constraints._GreaterThan"), {"lower_bound": 0})
+    bound.state["lower_bound"] = _many_tensors(1_000)
+    param = tensor("0", 1, (1,) * 64, (0,) * 64)
+    names = [f"p{i}" for i in range(200)]
+    path = tmp_path / "fits.pt"
+    write_file(path, store({n: param for n in names}, {n: bound for n in names}), {"0": floats(1)})
+    start = time.perf_counter()
+    state = _loading.load_state(path)
+    assert time.perf_counter() - start < 2.0  # the old check: some 5 s
+    assert len(state["params"]) == 200
+    # 200 distinct constraints that share those tensors: the work is counted (here
+    # against a bound of 200,000 steps; the real one, 2,000,000, takes under 1 s).
+    assert _loading.MAX_FITS_WORK == 2_000_000
+    monkeypatch.setattr(_loading, "MAX_FITS_WORK", 200_000)
+    wrapped = {
+        n: New(
+            G("torch.distributions.constraints._IndependentConstraint"),
+            {"base_constraint": bound, "reinterpreted_batch_ndims": 0},
+        )
+        for n in names
+    }
+    write_file(path, store({n: param for n in names}, wrapped), {"0": floats(1)})
+    refused = _refused_store(path, UntrustedContentError)
+    assert "more than 200000 steps to compare with their parameters" in str(refused)
+
+
 def test_bounds_within_the_parameter_and_a_coalescent_constraint_load(tmp_path):
     from pyro.distributions.coalescent import CoalescentTimesConstraint
 
