@@ -233,10 +233,11 @@ def _refuse(filename: Any, kind: _Kind, where: str, what: str, fix: str = "") ->
 
 def _refuse_global(filename: Any, kind: _Kind, name: str) -> NoReturn:
     advice = ""
+    shown = _text(name)
     cls = _imported_class(name)
     if kind.constraints and cls is not None and _is_constraint_class(cls):
         advice = (
-            f" {name} is a constraint class this process has imported: if you trust it, "
+            f" {shown} is a constraint class this process has imported: if you trust it, "
             f"allow it first: torch.serialization.add_safe_globals([{cls.__name__}])."
         )
     if name.startswith(("torch._utils._rebuild", "torch.Tensor", "torch.nn.parameter.")):
@@ -248,7 +249,7 @@ def _refuse_global(filename: Any, kind: _Kind, name: str) -> NoReturn:
         why = f"which is neither {kind.needs}, so loading it could run code named in the file"
     raise UntrustedGlobalError(
         f"pyro-pickle-fix refused to load {str(filename)!r} as {kind.what}: it needs "
-        f"the global {name!r}, {why}. Nothing was loaded.{advice} If you trust the "
+        f"the global {_short(name)}, {why}. Nothing was loaded.{advice} If you trust the "
         f"whole file, load it yourself: {kind.trusted}.",
         name,
     )
@@ -386,7 +387,7 @@ class _Archive:
             return error
 
     def refuse(self, where: str, what: str) -> NoReturn:
-        _refuse(self.filename, self.kind, where, what)
+        _refuse(self.filename, self.kind, _text(where), what)
 
 
 # ---------------------------------------------------------------------------
@@ -499,23 +500,25 @@ class _Unpickler:
             self.refuse(f"declares a storage with key {_short(key)} and size {_short(numel)}")
         if type(location) is not str or not _LOCATION.fullmatch(location):
             self.refuse(
-                f"declares storage {key!r} on device {_short(location)}, which holds no data "
+                f"declares storage {_short(key)} on device {_short(location)}, which holds no data "
                 "in the file (pyro saves cpu, cuda, mps or xpu tensors)"
             )
         dtype = storage_type.value
         known = self.storages.get(key)
         if known is not None:
             if (known.dtype, known.numel, known.location) != (dtype, numel, location):
-                self.refuse(f"declares storage {key!r} twice, differently")
+                self.refuse(f"declares storage {_short(key)} twice, differently")
             return known
         record = f"data/{key}"
         if record not in self.archive.records:
-            self.refuse(f"declares storage {key!r}, which has no record {record!r} in the file")
+            self.refuse(
+                f"declares storage {_short(key)}, which has no record {_short(record)} in the file"
+            )
         size = self.archive.records[record][1]
         itemsize = dtype.itemsize
         if size != numel * itemsize:
             self.refuse(
-                f"declares storage {key!r} as {numel} x {dtype} ({numel * itemsize} bytes), "
+                f"declares storage {_short(key)} as {numel} x {dtype} ({numel * itemsize} bytes), "
                 f"but its record holds {size} bytes"
             )
         storage = self.storages[key] = _Storage(key, dtype, location, numel)
@@ -820,16 +823,18 @@ class _Check:
             self.refuse(where, "is a tensor whose size or stride is not a tuple of integers")
         if len(size) != len(stride) or len(size) > 64 or type(offset) is not int or offset < 0:
             self.refuse(
-                where, f"is a tensor of size {size}, stride {stride}, offset {_short(offset)}"
+                where,
+                f"is a tensor of size {_dims(size)}, stride {_dims(stride)}, offset "
+                f"{_short(offset)}",
             )
         numel, last, across = 1, offset, 1
         for extent, step in zip(size, stride, strict=True):
             if extent < 0 or step < 0 or (step == 0 and extent > 1):
                 self.refuse(
                     where,
-                    f"is a tensor of size {size} and stride {stride}: it repeats its data "
-                    "(stride 0, as .expand() makes), and every operation on it costs as if "
-                    "the file held all of it",
+                    f"is a tensor of size {_dims(size)} and stride {_dims(stride)}: it repeats "
+                    "its data (stride 0, as .expand() makes), and every operation on it costs "
+                    "as if the file held all of it",
                     fix="If you saved an expanded tensor yourself, save .clone() of it.",
                 )
             numel *= extent
@@ -846,8 +851,8 @@ class _Check:
         if numel and (last >= held or numel > held):
             self.refuse(
                 where,
-                f"is a tensor of size {size} (stride {stride}, offset {offset}) over a "
-                f"storage of {held} elements: it needs data the file does not hold",
+                f"is a tensor of size {_dims(size)} (stride {_dims(stride)}, offset {offset}) "
+                f"over a storage of {held} elements: it needs data the file does not hold",
             )
         if not numel and offset > held:
             self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
@@ -952,16 +957,31 @@ def _render(where: Where) -> str:
 
 def _short(value: Any) -> str:
     """A value for a message: a scalar's repr (cut short), else its type."""
+    if type(value) is str and len(value) > 60:
+        return repr(value[:60]) + "..."
     if type(value) in _SCALARS:
-        text = repr(value[:60] if type(value) is str else value)
+        text = repr(value)
         return text if len(text) <= 64 else text[:60] + "..."
     return _describe(value)
+
+
+def _text(value: str) -> str:
+    """A name from the file (a global's, a record's), for a message: escaped as a
+    repr escapes it, without the quotes, cut short."""
+    text = repr(value[:60])[1:-1]
+    return text[:64] + "..." if len(value) > 60 or len(text) > 64 else text
 
 
 def _dims(shape: tuple[int, ...]) -> str:
     """A size or stride from the file, for a message (cut short)."""
     text = str(shape[:17])
     return text if len(text) <= 120 and len(shape) <= 16 else text[:116] + "...)"
+
+
+def _keys(mapping: dict[Any, Any]) -> str:
+    """A dict's first few keys, for a message (each cut short)."""
+    shown = [_short(key) for key in itertools.islice(mapping, 4)]
+    return "[" + ", ".join(shown) + (", ...]" if len(mapping) > 4 else "]")
 
 
 def _shape(tensor: _Tensor) -> tuple[int, ...]:
@@ -1001,7 +1021,7 @@ def _is_descriptor(cls: type, name: str) -> bool:
 
 def _describe(value: Any) -> str:
     if isinstance(value, _Global):
-        return f"{value.name} itself (not called)"
+        return f"{_text(value.name)} itself (not called)"
     if type(value) is _Hooks:
         return "a collections.OrderedDict (only a tensor's empty hooks may be one)"
     if type(value) is _Storage:
@@ -1013,7 +1033,7 @@ def _check_store(check: _Check, state: Any) -> None:
     """``{"params": {name: tensor}, "constraints": {name: constraint}}``, as
     ``ParamStoreDict.get_state()`` makes it."""
     if type(state) is not dict or set(state) != {"params", "constraints"}:
-        keys = f" with keys {sorted(map(repr, state))}" if type(state) is dict else ""
+        keys = f" with keys {_keys(state)}" if type(state) is dict else ""
         check.refuse(
             "",
             f"is {_describe(state)}{keys}, not a dict with the keys 'params' and 'constraints'",
@@ -1024,9 +1044,9 @@ def _check_store(check: _Check, state: Any) -> None:
             check.refuse(key, f"is {_describe(value)}, not a dict of parameter names")
     for name, param in params.items():
         if type(param) is not _Tensor:
-            check.refuse(f"params[{name!r}]", f"is {_describe(param)}")
+            check.refuse(("params", "[", name), f"is {_describe(param)}")
     for name, constraint in constraints.items():
-        where = f"constraints[{name!r}]"
+        where: Where = ("constraints", "[", name)
         if type(constraint) is not _Object:
             check.refuse(where, f"is {_describe(constraint)}")
         if name not in params:
@@ -1035,7 +1055,7 @@ def _check_store(check: _Check, state: Any) -> None:
     if total > MAX_NODES:
         check.refuse("", f"holds more than {MAX_NODES} objects")
     for name, constraint in constraints.items():
-        check.fits(constraint, params[name], f"constraints[{name!r}]")
+        check.fits(constraint, params[name], ("constraints", "[", name))
 
 
 def _check_optim(check: _Check, state: Any) -> None:
@@ -1045,7 +1065,7 @@ def _check_optim(check: _Check, state: Any) -> None:
         check.refuse("", f"is {_describe(state)}, not a dict of parameter names")
     for name, value in state.items():
         if type(value) is not dict:
-            check.refuse(f"state[{name!r}]", f"is {_describe(value)}, not a state_dict()")
+            check.refuse(("state", "[", name), f"is {_describe(value)}, not a state_dict()")
     check.entries(state, "state", 0)
     if check.referenced > REFERENCED * check.length:
         check.refuse(

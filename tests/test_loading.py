@@ -1300,3 +1300,34 @@ def test_long_names_cost_nothing_until_a_refusal_names_them(tmp_path):
     write_file(path, store({name: tensor("0", 4_500, (4_500,))}, {name: cat}), {"0": bytes(18_000)})
     refused = _refused_store(path, UntrustedContentError)
     assert len(refused.where) < 200 and refused.where.endswith(".lengths[4499]")
+
+
+LONG = 100_000
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["param", "constraint", "optim", "global", "module", "storage", "record", "top keys"],
+)
+def test_every_value_from_the_file_in_a_message_is_cut_short(tmp_path, case):
+    # Names of 8 million characters went into messages whole.
+    path = tmp_path / "long.pt"
+    name = "n" * LONG
+    states = {
+        "param": store({name: 5}),
+        "constraint": store({}, {name: 5}),
+        "optim": {name: 5},
+        "global": store({"x": Call(G("os", name), ())}),
+        "module": store({"x": Call(G(name, "system"), ())}),
+        "storage": store({"x": tensor(name, 1, (1,))}),
+        "top keys": {**{f"{i}{name}": 1 for i in range(10)}, "params": {}},
+    }
+    if case == "record":
+        write_file(path, store({}), {"0": b"", name[:60_000]: b""})
+    else:
+        write_file(path, states[case])
+    refuse = _refused_optim if case == "optim" else _refused_store
+    error = UntrustedGlobalError if case in ("global", "module") else UntrustedContentError
+    refused = refuse(path, error)
+    assert len(str(refused)) < 1_500, (len(str(refused)), str(refused)[:300])
+    assert "nnnnnnnnnn" in str(refused)
