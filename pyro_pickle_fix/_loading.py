@@ -231,6 +231,40 @@ def _refuse(filename: Any, kind: _Kind, where: str, what: str, fix: str = "") ->
     )
 
 
+#: The globals that make a kind of tensor (torch's rebuilds, the Tensor and Parameter
+#: classes): a refusal says so; any other global "could run code".
+_TENSOR_GLOBALS = frozenset(
+    [
+        *(
+            f"torch._utils._rebuild_{name}"
+            for name in (
+                "tensor",
+                "tensor_v2",
+                "tensor_v3",
+                "sparse_tensor",
+                "sparse_csr_tensor",
+                "nested_tensor",
+                "device_tensor_from_cpu_tensor",
+                "device_tensor_from_numpy",
+                "xla_tensor",
+                "mtia_tensor",
+                "meta_tensor_no_storage",
+                "wrapper_subclass",
+                "qtensor",
+                "parameter",
+                "parameter_with_state",
+            )
+        ),
+        "torch.Tensor",
+        "torch._tensor.Tensor",
+        "torch.nn.parameter.Parameter",
+        "torch.nn.parameter.UninitializedParameter",
+        "torch.nn.parameter.Buffer",
+        "torch.nn.parameter.UninitializedBuffer",
+    ]
+)
+
+
 def _refuse_global(filename: Any, kind: _Kind, name: str) -> NoReturn:
     advice = ""
     shown = _text(name)
@@ -240,7 +274,7 @@ def _refuse_global(filename: Any, kind: _Kind, name: str) -> NoReturn:
             f" {shown} is a constraint class this process has imported: if you trust it, "
             f"allow it first: torch.serialization.add_safe_globals([{cls.__name__}])."
         )
-    if name.startswith(("torch._utils._rebuild", "torch.Tensor", "torch.nn.parameter.")):
+    if name in _TENSOR_GLOBALS:
         why = (
             "which makes a kind of tensor that pyro's files never hold (only dense "
             "tensors whose data is in the file, and Parameters of them, load)"

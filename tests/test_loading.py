@@ -920,6 +920,24 @@ def test_a_code_running_global_gets_no_advice_to_allow_it(tmp_path, name):
     assert "set_state(torch.load(path, weights_only=False))" in str(refused)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torch.nn.parameter._disabled_torch_function_impl",
+        "torch.nn.parameter._ParameterMeta",
+        "torch.Tensor._make_subclass",
+        "torch._utils._rebuild_from_type_v2",
+    ],
+)
+def test_a_code_running_global_named_like_a_tensor_is_not_called_a_tensor(tmp_path, name):
+    # _disabled_torch_function_impl(func, types, args, kwargs) calls func(*args).
+    path = tmp_path / "evil.pt"
+    write_file(path, store({"x": Call(G(name), ())}))
+    refused = _refused_store(path, UntrustedGlobalError)
+    assert "could run code named in the file" in str(refused)
+    assert "kind of tensor" not in str(refused)
+
+
 class MyPositive(constraints.Constraint):
     """A constraint class of the user's own."""
 
