@@ -265,11 +265,19 @@ _TENSOR_GLOBALS = frozenset(
 )
 
 
-def _refuse_global(filename: Any, kind: _Kind, name: str) -> NoReturn:
+def _refuse_global(
+    filename: Any, kind: _Kind, name: str, allowed: dict[str, type] | None = None
+) -> NoReturn:
     advice = ""
     shown = _text(name)
     cls = _imported_class(name)
-    if kind.constraints and cls is not None and _is_constraint_class(cls):
+    if kind.constraints and cls is not None and cls in (allowed or {}).values():
+        known = ", ".join(sorted(other for other, each in (allowed or {}).items() if each is cls))
+        advice = (
+            f" {shown} is another name of {known}, which this load allows under that "
+            "name: the file names it under a name pyro never writes."
+        )
+    elif kind.constraints and cls is not None and _is_constraint_class(cls):
         advice = (
             f" {shown} is a constraint class this process has imported: if you trust it, "
             f"allow it first: torch.serialization.add_safe_globals([{cls.__name__}])."
@@ -522,7 +530,7 @@ class _Unpickler:
         cls = self.allowed.get(dotted) if self.kind.constraints else None
         if cls is not None:
             return _Global(dotted, "class", cls)
-        _refuse_global(self.archive.filename, self.kind, dotted)
+        _refuse_global(self.archive.filename, self.kind, dotted, self.allowed)
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):

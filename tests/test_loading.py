@@ -938,6 +938,21 @@ def test_a_code_running_global_named_like_a_tensor_is_not_called_a_tensor(tmp_pa
     assert "kind of tensor" not in str(refused)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["torch.distributions.constraints.greater_than", "pyro.distributions.constraints.interval"],
+)
+def test_an_allowed_class_under_another_name_gets_no_advice_to_allow_it(tmp_path, name):
+    # Allowing the class cannot help: it is allowed, under the name pyro writes.
+    path = tmp_path / "alias.pt"
+    alias = New(G(name), {"lower_bound": 0.0})
+    write_file(path, store({"x": tensor("0", 1, (1,))}, {"x": alias}), {"0": floats(1)})
+    refused = _refused_store(path, UntrustedGlobalError)
+    assert "add_safe_globals" not in str(refused).split("If you trust")[0]
+    assert "under a name pyro never writes" in str(refused)
+    assert "_GreaterThan" in str(refused) or "_Interval" in str(refused)
+
+
 class MyPositive(constraints.Constraint):
     """A constraint class of the user's own."""
 
