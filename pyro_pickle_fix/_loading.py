@@ -1096,6 +1096,13 @@ def _check_store(check: _Check, state: Any) -> None:
     total = check.entries(params, "params", 1) + check.entries(constraints, "constraints", 1)
     if total > MAX_NODES:
         check.refuse("", f"holds more than {MAX_NODES} objects")
+    if len(constraints) != len(params):  # every constraint's parameter is in params
+        name = next(name for name in params if name not in constraints)
+        check.refuse(
+            ("params", "[", name),
+            "has no constraint (pyro writes one for every parameter, constraints.real "
+            "for one declared without)",
+        )
     for name, constraint in constraints.items():
         check.fits(constraint, params[name], ("constraints", "[", name))
 

@@ -249,7 +249,13 @@ def floats(*values: float) -> bytes:
 
 
 def store(params: dict, constraints_: dict | None = None) -> dict:
-    return {"params": params, "constraints": constraints_ or {}}
+    """A param-store state; each parameter constrained to the reals unless told."""
+    if constraints_ is None:
+        constraints_ = {
+            name: constraints.real if isinstance(value, torch.Tensor) else REAL
+            for name, value in params.items()
+        }
+    return {"params": params, "constraints": constraints_}
 
 
 REAL = New(G("torch.distributions.constraints._Real"), None)
@@ -699,6 +705,16 @@ def test_a_cycle_is_refused(tmp_path):
 # Finding: bounds that broadcast past the parameter
 
 
+def test_a_parameter_without_a_constraint_is_refused(tmp_path):
+    # pyro writes a constraint for every parameter; without one, the file's value
+    # would load under whatever constraint the store had for that name.
+    path = tmp_path / "unconstrained.pt"
+    write_file(path, store({"scale": tensor("0", 1, ())}, {}), {"0": floats(2.0)})
+    refused = _refused_store(path, UntrustedContentError)
+    assert refused.where == "params['scale']"
+    assert "has no constraint" in str(refused)
+
+
 def test_bounds_that_broadcast_past_the_parameter_are_refused(tmp_path):
     interval = constraints.interval(torch.zeros(30, 1, 1), torch.ones(1, 30, 1))
     path = tmp_path / "broadcast.pt"
@@ -1022,7 +1038,10 @@ def test_stock_runs_the_code_in_an_optimizer_file(tmp_path):
 def test_stock_inflates_a_compressed_record_and_loads_stride_0(tmp_path):
     path = tmp_path / "bomb.pt"
     write_file(
-        path, store({"x": tensor("0", 10**6, (10**6,))}), {"0": bytes(4 * 10**6)}, deflated=True
+        path,
+        store({"x": tensor("0", 10**6, (10**6,))}, {}),
+        {"0": bytes(4 * 10**6)},
+        deflated=True,
     )
     expanded = write_file(
         tmp_path / "stride0.pt", {"x": {"e": tensor("0", 1, (10**7,), (0,))}}, {"0": floats(1)}
@@ -1045,7 +1064,7 @@ CRAFTED_STORES = {
     ),
     "not a store": (lambda: [torch.ones(2)], "", "is a builtins.list"),
     "a list for a parameter": (
-        lambda: store({"x": [1.0, 2.0]}),
+        lambda: store({"x": [1.0, 2.0]}, {}),
         "params['x']",
         "is a builtins.list",
     ),
