@@ -132,6 +132,10 @@ MAX_NODES = 2_000_000
 #: distinct constraints of a file together: a genuine file takes 2 a parameter (a
 #: scalar bound) to some 10 (tensor bounds), 650,000 at most at 65,000 parameters.
 MAX_FITS_WORK = 2_000_000
+#: Records in the archive: ``torch.save`` writes one a storage and a few more; the
+#: largest files :data:`MAX_OBJECTS` allows hold some 110,000 storages (an amsgrad
+#: Adam state of 27,000 parameters).  Checked before the zip directory is read.
+MAX_RECORDS = 2**17
 #: The tensors of an optimizer file, in bytes, each reference counted as a copy
 #: (``Optimizer.load_state_dict`` casts each one separately), at most this many times
 #: the file's size: a file that pyro saves refers to each storage's data once.
@@ -344,6 +348,18 @@ class _Archive:
         self.file, self.filename, self.kind = file, filename, kind
         file.seek(0, 2)
         self.length = length = file.tell()
+        file.seek(0)
+        end = getattr(zipfile, "_EndRecData", None)  # what ZipFile reads first
+        try:
+            found = end(file) if end is not None else None
+        except (OSError, ValueError, struct.error):
+            found = None
+        if found is not None and found[4] > MAX_RECORDS:  # _ECD_ENTRIES_TOTAL
+            self.refuse(
+                "",
+                f"is an archive of {found[4]} records, more than {MAX_RECORDS} (torch.save "
+                "writes one a storage and a few more)",
+            )
         try:
             with zipfile.ZipFile(file) as archive:
                 infos = archive.infolist()
