@@ -40,7 +40,6 @@ import struct
 import sys
 import zipfile
 
-from ._repairs import Unsupported  # noqa: F401  (interim: the old patcher imports it here)
 from .errors import UntrustedContentError, UntrustedGlobalError
 
 TYPE_CHECKING = False
@@ -573,7 +572,7 @@ class _Unpickler:
                 f"declares storage {_short(key)}, which has no record {_short(record)} in the file"
             )
         size = self.archive.records[record][1]
-        itemsize = dtype.itemsize
+        itemsize = _itemsize(dtype)
         if size != numel * itemsize:
             self.refuse(
                 f"declares storage {_short(key)} as {numel} x {dtype} ({numel * itemsize} bytes), "
@@ -914,7 +913,7 @@ class _Check:
             )
         if not numel and offset > held:
             self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
-        return int(numel * storage.dtype.itemsize)
+        return int(numel * _itemsize(storage.dtype))
 
     def state(self, obj: _Object, where: Where) -> list[tuple[str, Any]]:
         """A constraint's attributes: only names its class's constructor sets, none
@@ -1207,7 +1206,7 @@ class _Build:
         import ctypes
 
         torch = self.torch
-        nbytes = storage.numel * storage.dtype.itemsize
+        nbytes = storage.numel * _itemsize(storage.dtype)
         data = torch.empty((nbytes,), dtype=torch.uint8)
         if nbytes:
             self.archive.read_into(
@@ -1295,3 +1294,14 @@ def load_optim_state(filename: Any, map_location: Any = None) -> Any:
     """An optimizer file's state (``PyroOptim.save()``), for ``PyroOptim.set_state``;
     refused as :func:`load_state` refuses."""
     return _load(filename, map_location, OPTIM)
+
+
+def _itemsize(dtype: Any) -> int:
+    """Bytes per element of ``dtype`` (``torch.dtype.itemsize`` from torch 2.1 on;
+    torch 2.0 has none)."""
+    size = getattr(dtype, "itemsize", None)
+    if size is None:
+        import torch
+
+        size = torch.empty((), dtype=dtype).element_size()
+    return int(size)
