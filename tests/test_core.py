@@ -4,6 +4,7 @@ stock does matters, off).  Each failed on the core that guessed (0ebded0)."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -75,16 +76,17 @@ def test_a_save_that_fails_deep_in_the_stream_leaves_nothing_counted():
         from guides import build
         _, guide, kwargs = build("AutoNormal")
         errors = set()
+        def save_at(depth):  # Python frames: Python 3.12+ keeps pickle's C depth apart
+            return pickle.dumps(guide) if depth == 0 else save_at(depth - 1)
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(300)
         try:
             for depth in range(150, 300):
-                nested = guide
-                for _ in range(depth):
-                    nested = [nested]
                 try:
-                    pickle.dumps(nested)
-                except RecursionError as e:
+                    save_at(depth)
+                except (RecursionError, pickle.PicklingError) as e:
+                    # On Python 3.10 the pickler reports a RecursionError inside its
+                    # own import of a global as a bare PicklingError.
                     errors.add(type(e).__name__)
         finally:
             sys.setrecursionlimit(limit)
@@ -95,7 +97,9 @@ def test_a_save_that_fails_deep_in_the_stream_leaves_nothing_counted():
         print(json.dumps([sorted(errors), [str(w.message) for w in caught], wrapped]))
         """
     )
-    assert found == [["RecursionError"], [], []]
+    errors, warned, wrapped = found
+    assert "RecursionError" in errors and set(errors) <= {"RecursionError", "PicklingError"}
+    assert (warned, wrapped) == ([], [])
 
 
 FINALIZER_UNDER_A_TRACER = """
@@ -349,7 +353,9 @@ print(json.dumps(repr(net.w.__reduce_ex__(2)[1][3])))  # the state torch writes
 
 def test_a_slotted_parameter_s_state_is_the_one_stock_writes():
     stock, ours = both(SLOTTED_STATE)
-    assert ours == stock == "(None, {'tag': 'mine'})"
+    # Python 3.11+ writes an empty __dict__ as None (object.__getstate__), 3.10 as {}.
+    empty = "None" if sys.version_info >= (3, 11) else "{}"
+    assert ours == stock == f"({empty}, {{'tag': 'mine'}})"
 
 
 WRAPPED_STATE = """
@@ -357,8 +363,8 @@ import pickle, torch, pyro, pyro_pickle_fix
 from pyro.infer.autoguide import AutoNormal
 from guides import model, train
 class TupleState(torch.nn.Module):  # after AutoGuide in the MRO, before Module
-    def __getstate__(self):
-        return (super().__getstate__(), {"format": 1})
+    def __getstate__(self):  # as pyro's: Python 3.10 has no object.__getstate__
+        return (getattr(super(), "__getstate__", self.__dict__.copy)(), {"format": 1})
     def __setstate__(self, state):
         super().__setstate__(state[0])
 class Guide(AutoNormal, TupleState):
