@@ -15,7 +15,7 @@ import os
 import sys
 
 from . import _trigger as trigger
-from ._repairs import KNOWN_PYRO, Repair, Unsupported, known_pyro, parse_version
+from ._repairs import KNOWN_PYRO, Repair, known_pyro, parse_version
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ _REPAIRS: tuple[Repair, ...] | None = None
 
 
 def by_target() -> dict[str, Repair]:
+    """Every repair by its target (``"module:Owner.attribute"``)."""
     return {repair.target: repair for repair in repairs()}
 
 
@@ -184,9 +185,6 @@ def _apply(repair: Repair) -> None:
         return
     try:
         check()
-    except Unsupported as why:
-        _take_out(done)
-        _leave_stock(repair, str(why), unfixed=False)
     except Exception as error:
         _take_out(done)
         reason = f"it does not work with this torch/pyro ({error})"

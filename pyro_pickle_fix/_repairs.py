@@ -79,11 +79,6 @@ class Bug:
         return True if known_pyro(pyro) else None
 
 
-class Unsupported(Exception):
-    """A repair cannot work with this torch or pyro (a ``check`` says why): the
-    target is left stock, quietly, and ``status()`` says why."""
-
-
 def known_pyro(pyro: Version) -> bool:
     """Whether the repairs were verified against that pyro-ppl release."""
     return KNOWN_PYRO[0] <= pyro[:3] <= KNOWN_PYRO[1]
@@ -134,8 +129,8 @@ class Repair:
         #: Targets this repair is unsafe without: it goes in only after them, and is
         #: left stock when one of them cannot go in.
         self.requires = requires
-        #: Run once the repair is in place: :class:`Unsupported` leaves it stock
-        #: quietly, any other exception with a warning.
+        #: Run once the repair is in place: an exception takes it out again, with a
+        #: warning, and leaves the target stock.
         self.check = check
 
     @property
