@@ -19,6 +19,7 @@ CUDA build.  Arguments after the command go to pytest (``test``, ``mutants``: e.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import os
@@ -75,39 +76,60 @@ def test(args: list[str]) -> int:
     ]
     failed = [" ".join([Path(c[0]).name, *c[1:]]) for c in linters if run(*c)]
     if os.environ.get("CI") == "true" and not args:
-        # CI runs the matrix next, whose first cell of each Python and torch runs the
-        # slow tests on the built wheel (this same Python, torch and pyro-ppl too),
-        # and whose first cell runs the mutation check on this same combination.
-        args = ["-m", "not slow", "--ignore=tests/test_mutants.py"]
+        # CI runs the matrix next: its first cell runs the slow tests and the mutation
+        # check on the built wheel, on this same Python, torch and pyro-ppl.  Its torch
+        # builds download meanwhile.
+        args = ["-m", "not slow and not mutants"]
+        start_torch_builds()
     suite = run(str(PYTHON), "-m", "pytest", "-n", "2", *args)
     if failed:
         print(f"dev.py: linters failed: {failed}", file=sys.stderr)
     return suite or int(bool(failed))
 
 
+TORCH_LOG = ROOT / ".nox" / "torch.log"
+
+
+def start_torch_builds() -> subprocess.Popen[bytes] | None:
+    """Start building the matrix's torch environments (nox's ``torch`` session,
+    ~1-6 minutes of download each) in the background, unless a build started
+    earlier is still running; its process, or None."""
+    TORCH_LOG.parent.mkdir(exist_ok=True)
+    # The builder holds this flock for its whole life (the kernel drops it when the
+    # builder exits, however it exits): a second start finds it taken.
+    lock = (ROOT / ".nox" / "torch-builds.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    print(f"dev.py: nox --sessions torch (in the background, log in {TORCH_LOG})", flush=True)
+    with lock, TORCH_LOG.open("w") as log:
+        return subprocess.Popen(
+            [str(VENV / "bin" / "nox"), "--sessions", "torch"],
+            cwd=ROOT,
+            env=interpreters_on_path(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(lock.fileno(),),
+        )
+
+
 def matrix(args: list[str]) -> int:
-    nox = str(VENV / "bin" / "nox")
-    env = interpreters_on_path()
-    for stale in glob.glob(str(ROOT / ".nox" / "torch-*.lock")):
-        os.rmdir(stale)  # left by an interrupted run
-    # torch for every Python (~1-2 minutes of download each) is built by a second
-    # nox process while the first runs the cells that already have theirs.
-    (ROOT / ".nox").mkdir(exist_ok=True)
-    log = (ROOT / ".nox" / "torch.log").open("w")
-    print("dev.py: nox --sessions torch (in the background, log in .nox/torch.log)", flush=True)
-    prefetch = subprocess.Popen(
-        [nox, "--sessions", "torch"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    # torch for every Python is built by a second nox process while the first runs
+    # the cells that already have theirs (in CI it started during `test`).
+    builds = start_torch_builds()
     sessions = ["release", "startup", "tests", "engines"]
-    code = run(nox, "--sessions", *sessions, *args, env=env)
-    prefetch.wait()
-    log.close()
-    if prefetch.returncode:
-        print((ROOT / ".nox" / "torch.log").read_text()[-5000:], file=sys.stderr)
+    code = run(
+        str(VENV / "bin" / "nox"), "--sessions", *sessions, *args, env=interpreters_on_path()
+    )
+    if builds is not None and builds.wait():
+        print(TORCH_LOG.read_text()[-5000:], file=sys.stderr)
+        code = code or builds.returncode
     table = run(str(PYTHON), "tools/compat_table.py", ".nox/results", "README.md")
     # A mutant each cell skipped (its bug is in none of them) was never tested.
     killed = run(str(PYTHON), "tools/mutants.py", ".nox/results")
-    return code or prefetch.returncode or table or killed
+    return code or table or killed
 
 
 def mutants(args: list[str]) -> int:

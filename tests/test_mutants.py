@@ -29,6 +29,8 @@ import pyro_pickle_fix
 from pyro_pickle_fix import _engine
 from pyro_pickle_fix._repairs import parse_version
 
+pytestmark = pytest.mark.mutants
+
 ROOT = Path(__file__).resolve().parents[1]
 SWITCH = "PYRO_PICKLE_FIX_TEST_MUTANT"
 
