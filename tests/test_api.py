@@ -4,6 +4,7 @@ import importlib
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +327,26 @@ def test_activation_gives_no_warning():
         if issubclass(w.category, pyro_pickle_fix.PyroPickleFixWarning)
     ]
     assert ours == []
+
+
+def test_the_readme_table_lists_every_repair_with_its_upstream_links():
+    # The README's patch table is written by hand from the REPAIRS: each target has
+    # a row (one row may name two methods of a class), and the row links every
+    # upstream issue its bugs declare.
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `")]
+    for repair in engine.repairs():
+        owner, _, name = repair.dotted.rpartition(".")
+        row = next(
+            (
+                line
+                for line in table
+                if line.startswith(f"| `{repair.dotted}`")
+                or (line.startswith(f"| `{owner}.") and f"`{name}`" in line.split(" | ")[0])
+            ),
+            None,
+        )
+        assert row is not None, f"{repair.dotted} has no row in the README's table"
+        for bug in repair.bugs:
+            if bug.upstream:
+                assert bug.upstream in row, (repair.dotted, bug.upstream)

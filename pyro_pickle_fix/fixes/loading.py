@@ -48,6 +48,8 @@ REPAIRS = (
                 "weights-only, and pyro's constraint classes are not allowed",
                 pyro_max=(1, 9, 1),
                 torch_min=WEIGHTS_ONLY_DEFAULT,
+                # torch 2.6 made weights_only=True torch.load's default.
+                upstream="https://github.com/pytorch/pytorch/releases/tag/v2.6.0",
             ),
             Bug(
                 "loads with weights_only=False: a param-store file runs whatever code it holds",

@@ -88,6 +88,9 @@ REPAIRS = (
                 "pyro's patched Transform.__getstate__ sets weakref attributes to "
                 "None in the live __dict__ (object.__getstate__ returns it on 3.11+)",
                 python_min=PY311,
+                # The cause pyro fixed for the EasyGuide Group only (#3433); its
+                # torch_patch is unchanged up to 1.9.2.
+                upstream="https://github.com/pyro-ppl/pyro/issues/3430",
             ),
         ),
         transform_state,
@@ -102,6 +105,8 @@ REPAIRS = (
                 "drops the live trace of a GuideMessenger (state is the live __dict__ on 3.11+)",
                 pyro_max=(1, 8, 6),
                 python_min=PY311,
+                # 1.9.0 copies the __dict__ ("Type annotate TraceMessenger").
+                upstream="https://github.com/pyro-ppl/pyro/pull/3299",
             ),
         ),
         guide_messenger_state,

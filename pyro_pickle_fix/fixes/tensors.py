@@ -145,7 +145,9 @@ REPAIRS = (
                 "a pyro.param() value or a Parameter carrying pyro's 'unconstrained' "
                 "weakref cannot be pickled or torch.saved ('cannot pickle "
                 "'weakref.ReferenceType' object') unless pyro first pops it from the "
-                "live tensor (the other half of the PyroModule and param-store repairs)"
+                "live tensor (the other half of the PyroModule and param-store repairs)",
+                # "torch.save fails with .unconstrained weakrefs" (pyro's fix is #3212).
+                upstream="https://github.com/pyro-ppl/pyro/issues/3201",
             ),
         ),
         lambda owner: tensor_state,
@@ -160,7 +162,8 @@ REPAIRS = (
             # state above; stock's copy keeps the weakref.
             Bug(
                 "part of the tensor-state repair: copy.copy of a tensor carrying pyro's "
-                "weakref keeps it, as stock's copy does"
+                "weakref keeps it, as stock's copy does",
+                upstream="https://github.com/pyro-ppl/pyro/pull/3212",
             ),
         ),
         lambda owner: tensor_copy,
@@ -175,7 +178,9 @@ REPAIRS = (
                 "copy.deepcopy of a trained guide that caches non-leaf tensors "
                 "(AutoIAFNormal's transforms, an AutoNormal over a reparametrised "
                 "model) raises 'Only Tensors created explicitly by the user (graph "
-                "leaves) support the deepcopy protocol'"
+                "leaves) support the deepcopy protocol'",
+                # torch's own limit, for any module that keeps a non-leaf attribute.
+                upstream="https://github.com/pytorch/pytorch/issues/54580",
             ),
         ),
         make_tensor_deepcopy,
