@@ -92,6 +92,7 @@ def test_every_program_is_tested() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.programs
 @pytest.mark.parametrize("name", NAMES)
 def test_saving_after_every_step_changes_nothing(name: str) -> None:
     plain = run(name, fix=False, save=False)
