@@ -152,9 +152,11 @@ def share_torch(session: nox.Session, version: str | None = None) -> None:
     # An flock, which the kernel drops when its holder exits, however it exits: an
     # interrupted build leaves no stale lock behind.
     with open(base + ".lock", "w") as lock:
-        if not os.path.exists(done):
-            session.log(f"waiting for the lock on {base}")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            session.log(f"waiting for {base}, which another nox process is building")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(done):
             _check_disk(session, version)
             session.run("python", "-m", "venv", "--clear", base)  # the session's Python
