@@ -1,10 +1,11 @@
 """Installs, checks and removes the repairs of :mod:`pyro_pickle_fix.fixes`, and
 reports on them: :func:`patch`, :func:`unpatch`, :func:`is_patched`, :func:`status`.
 
-Loaded when pyro is imported (see :mod:`pyro_pickle_fix._trigger`) or when the API
-is used; wrapt is imported when the first repair is wrapped.  The one lock covers
-bookkeeping and the swap of a class attribute, never an import or a call into
-pyro or torch; it is made anew in a forked child.
+Loaded when pyro is imported (activation, in :mod:`pyro_pickle_fix`, asks
+:mod:`pyro_pickle_fix._trigger` for that; this module uses the same hook for each
+repair's module) or when the API is used; wrapt is imported when the first repair
+is wrapped.  The one lock covers bookkeeping and the swap of a class attribute,
+never an import or a call into pyro or torch; it is made anew in a forked child.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 
 from . import _trigger as trigger
 from ._repairs import KNOWN_PYRO, Repair, known_pyro, parse_version
+from .errors import warn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -141,10 +143,10 @@ def _apply(repair: Repair) -> None:
     if reason:
         if unfixed and repair.reimplements:
             with _lock:
-                warn, _warned_unverified = not _warned_unverified, True
-            if warn:
+                first, _warned_unverified = not _warned_unverified, True
+            if first:
                 low, high = (".".join(map(str, v)) for v in KNOWN_PYRO)
-                trigger.warn(
+                warn(
                     f"pyro-ppl {_version('pyro-ppl')} is outside the releases "
                     f"pyro-pickle-fix was verified against ({low} to {high}): the repairs "
                     "that compute what pyro's own methods return are left stock, so "
@@ -173,7 +175,7 @@ def _apply(repair: Repair) -> None:
         done = _Installed(repair, owner, name, original)
     except LookupError as gone:
         _leave_stock(repair, str(gone), unfixed=True)
-        trigger.warn(f"skipped {repair.dotted}: {gone}; it is not patched.")
+        warn(f"skipped {repair.dotted}: {gone}; it is not patched.")
         return
     with _lock:
         if not _armed or _in_place(repair):
@@ -189,7 +191,7 @@ def _apply(repair: Repair) -> None:
         _take_out(done)
         reason = f"it does not work with this torch/pyro ({error})"
         _leave_stock(repair, reason, unfixed=True)
-        trigger.warn(f"skipped {repair.dotted}: {reason}; it is not patched.")
+        warn(f"skipped {repair.dotted}: {reason}; it is not patched.")
 
 
 #: The mutation test's switch (tests/test_mutants.py): comma-separated targets to
@@ -351,7 +353,7 @@ class _Installed:
         if current is not self.put:
             if not self.active():
                 return True  # gone already
-            trigger.warn(
+            warn(
                 f"could not unpatch {self.repair.dotted}: {_describe(current)} has "
                 "wrapped it on top of pyro-pickle-fix, so taking ours out would take "
                 "theirs too; the fix stays on for it. Unpatch that library first, or "
@@ -530,7 +532,7 @@ def status() -> Status:
                 if pyro is not None and bug.present(pyro, python, torch) is not False
             ]
             rows.append(TargetStatus(repair.dotted, wrapped, needed, note, bugs))
-    from ._loading import advisory
+    from .loader import advisory
 
     return Status(
         version,
