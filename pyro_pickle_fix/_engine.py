@@ -318,10 +318,12 @@ class _Installed:
         elif repair.how == "register":
             self.put = repair.fix(original)  # registered now; see remove()
         else:
-            function = repair.fix(owner) if repair.how == "add" else repair.fix(original)
+            function = (
+                _added(owner, name, repair.fix(owner)) if original is None else repair.fix(original)
+            )
             function.__name__ = name
             function.__qualname__ = f"{getattr(owner, '__qualname__', owner)}.{name}"
-            function.__module__ = owner.__module__
+            function.__module__ = repair.module  # where the class's own functions are
             if original is not None:
                 function.__wrapped__ = original
             function._pyro_pickle_fix = True
@@ -367,6 +369,18 @@ class _Installed:
         return True
 
 
+def _added(owner: type, name: str, fix: Any) -> Any:
+    """A method the class does not define, which hides nothing: ``fix(wrapped,
+    instance, args, kwargs)``, as for a wrap, gets as ``wrapped`` the method the
+    instance runs without it (the next in its MRO after ``owner``: a mixin's, a
+    user base's) or None where there is none (copy's or pickle's own fallback)."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return fix(getattr(super(owner, self), name, None), self, args, kwargs)
+
+    return method
+
+
 def _describe(function: Any) -> str:
     module = getattr(function, "__module__", None) or type(function).__module__
     name = getattr(function, "__qualname__", None) or type(function).__qualname__
@@ -387,26 +401,31 @@ def _wrapper_class() -> Any:
         import wrapt
 
         class BoundWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
-            def _self_target(self) -> Any:
-                instance = self._self_instance
-                if instance is None:
-                    instance = getattr(self, "_self_owner", None)
-                return instance
-
             def __reduce_ex__(self, protocol: Any) -> Any:
-                return getattr, (self._self_target(), self.__name__)
+                if self._self_instance is None:  # through the class: a global
+                    return self.__qualname__
+                return getattr, (self._self_instance, self.__name__)
 
             def __copy__(self) -> Any:
                 return self
 
             def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-                target = self._self_target()
                 if self._self_instance is None:
                     return self
-                return getattr(copy.deepcopy(target, memo), self.__name__)
+                return getattr(copy.deepcopy(self._self_instance, memo), self.__name__)
 
         class Wrapper(wrapt.FunctionWrapper):  # type: ignore[type-arg]
             __bound_function_wrapper__ = BoundWrapper
+
+            def __get__(self, instance: Any, owner: Any = None) -> Any:
+                if instance is not None:
+                    return super().__get__(instance, owner)
+                # Through the class, always the one object (wrapt binds anew each
+                # time), so that pickle finds it by name and writes the global that
+                # stock writes for pyro's function.
+                if getattr(self, "_self_unbound", None) is None:
+                    self._self_unbound: Any = super().__get__(None, owner)
+                return self._self_unbound
 
             def __reduce_ex__(self, protocol: Any) -> Any:
                 return self.__qualname__  # a global, looked up by name when loaded
@@ -532,7 +551,7 @@ def status() -> Status:
                 if pyro is not None and bug.present(pyro, python, torch) is not False
             ]
             rows.append(TargetStatus(repair.dotted, wrapped, needed, note, bugs))
-    from .loader import advisory
+    from ._loading import advisory
 
     return Status(
         version,

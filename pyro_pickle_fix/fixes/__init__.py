@@ -60,11 +60,14 @@ def computed_state(compute: Callable[[Any, Any], Any]) -> Callable[[Any], Wrappe
     return make
 
 
-def stock_copy(obj: Any) -> tuple[Any, bool]:
-    """What ``copy.copy(obj)`` gives where the class has no ``__copy__`` (the
-    ``copyreg`` reducer registered for the class, else ``__reduce_ex__(4)``, then
-    copy's own rebuild), and whether ``__reduce_ex__`` made it: a ``__copy__`` the
-    fix adds builds on this, and changes nothing that a reducer of yours made."""
+def stock_copy(following: Callable[[], Any] | None, obj: Any) -> tuple[Any, bool]:
+    """What ``copy.copy(obj)`` gives without the ``__copy__`` the fix adds: the next
+    ``__copy__`` in its MRO (``following``) where there is one, else copy's own
+    fallback (the ``copyreg`` reducer registered for the class, else
+    ``__reduce_ex__(4)``, then copy's rebuild); and whether ``__reduce_ex__`` made
+    it: a ``__copy__`` the fix adds changes only such a copy."""
+    if following is not None:
+        return following(), False
     reductor = copyreg.dispatch_table.get(type(obj))
     reduced = reductor(obj) if reductor is not None else obj.__reduce_ex__(4)
     if isinstance(reduced, str):
