@@ -13,6 +13,7 @@ changes would otherwise land in, so the stream shares what stock's shares.
 
 from __future__ import annotations
 
+import collections
 import copy
 import copyreg
 
@@ -73,3 +74,25 @@ def stock_copy(following: Callable[[], Any] | None, obj: Any) -> tuple[Any, bool
     if isinstance(reduced, str):
         return obj, reductor is None
     return copy._reconstruct(obj, None, *reduced), reductor is None  # type: ignore[attr-defined]
+
+
+def check_copy_rebuild() -> None:
+    """That ``copy._reconstruct`` (private: no public function rebuilds an object
+    from its reduction as ``copy.copy`` does) still rebuilds each part of a
+    reduction as a shallow copy has it; else the state repairs whose effect on
+    ``copy.copy`` the ``__copy__`` repairs undo stay stock, and those with them."""
+
+    class Sample(list):  # type: ignore[type-arg]  # a __dict__, slots and list items
+        __slots__ = ("__dict__", "slot")
+
+    class Stateful(collections.OrderedDict):  # type: ignore[type-arg]  # dict items, __setstate__
+        def __setstate__(self, state: Any) -> None:
+            self.state = state
+
+    sample, stateful = Sample([1]), Stateful(a=1)
+    sample.slot, sample.attribute, stateful.attribute = 2, 3, 4  # type: ignore[attr-defined]
+    for obj, attributes in ((sample, vars(sample)), (stateful, {"state": vars(stateful)})):
+        clone = stock_copy(None, obj)[0]
+        found = (type(clone), clone, vars(clone), getattr(clone, "slot", None), clone is obj)
+        if found != (type(obj), obj, attributes, getattr(obj, "slot", None), False):
+            raise RuntimeError(f"copy._reconstruct no longer rebuilds a {type(obj).__name__}")

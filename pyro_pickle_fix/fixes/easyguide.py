@@ -9,7 +9,7 @@ import weakref
 
 from .._repairs import PY311, Bug, Repair
 from ..errors import DeadReferenceError
-from . import computed_state, inherited_state, stock_copy
+from . import check_copy_rebuild, computed_state, inherited_state, stock_copy
 from .autoguide import state_argument
 
 TYPE_CHECKING = False
@@ -139,6 +139,8 @@ REPAIRS = (
         ),
         easyguide_state,
         how="add",
+        # Its copy of the plate cache must be undone for copy.copy (the __copy__ below).
+        check=check_copy_rebuild,
     ),
     Repair(
         f"{_MODULE}:EasyGuide.__copy__",

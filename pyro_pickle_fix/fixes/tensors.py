@@ -19,7 +19,7 @@ import sys
 import weakref
 
 from .._repairs import Bug, Repair
-from . import stock_copy
+from . import check_copy_rebuild, stock_copy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -120,7 +120,10 @@ def _strided() -> Any:
 
 def check_tensor_state() -> None:
     """That torch pickles a tensor and a Parameter carrying pyro's weakref through
-    ``__getstate__``, leaving the live ones as they were."""
+    ``__getstate__``, leaving the live ones as they were; and that ``copy.copy`` can
+    be rebuilt as ``Tensor.__copy__`` must (without it, the state would cost copies
+    their weakref)."""
+    check_copy_rebuild()
     import pickle
 
     import torch
