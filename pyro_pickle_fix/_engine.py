@@ -315,6 +315,7 @@ class _Installed:
         if repair.how == "wrap":
             self.put: Any = _wrapper_class()(original, repair.fix(owner))
             self.put._self_pyro_pickle_fix = True  # wrapt keeps _self_* on the proxy
+            self.put.__get__(None, owner)  # binds its one class-level object before any thread can
         elif repair.how == "register":
             self.put = repair.fix(original)  # registered now; see remove()
         else:
