@@ -46,7 +46,7 @@ class UnitsMixin:
     units: str
 
     def __getstate__(self) -> dict[str, str]:
-        return {"units": self.units}
+        return {"units": self.units, "written by": "UnitsMixin.__getstate__"}
 
     def __copy__(self) -> Any:
         clone = torch.Tensor.as_subclass(self, type(self)).detach().clone()  # type: ignore[arg-type]
