@@ -76,4 +76,11 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
 
 
-_trigger.activate()
+def _patch(module: object) -> None:
+    """Activation's callback once pyro is imported: the engine loads only then."""
+    from ._engine import patch
+
+    patch()
+
+
+_trigger.activate(_patch)

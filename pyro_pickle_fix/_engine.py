@@ -1,10 +1,11 @@
 """Installs, checks and removes the repairs of :mod:`pyro_pickle_fix.fixes`, and
 reports on them: :func:`patch`, :func:`unpatch`, :func:`is_patched`, :func:`status`.
 
-Loaded when pyro is imported (see :mod:`pyro_pickle_fix._trigger`) or when the API
-is used; wrapt is imported when the first repair is wrapped.  The one lock covers
-bookkeeping and the swap of a class attribute, never an import or a call into
-pyro or torch; it is made anew in a forked child.
+Loaded when pyro is imported (activation, in :mod:`pyro_pickle_fix`, asks
+:mod:`pyro_pickle_fix._trigger` for that; this module uses the same hook for each
+repair's module) or when the API is used; wrapt is imported when the first repair
+is wrapped.  The one lock covers bookkeeping and the swap of a class attribute,
+never an import or a call into pyro or torch; it is made anew in a forked child.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 
 from . import _trigger as trigger
 from ._repairs import KNOWN_PYRO, Repair, known_pyro, parse_version
+from .errors import warn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -141,10 +143,10 @@ def _apply(repair: Repair) -> None:
     if reason:
         if unfixed and repair.reimplements:
             with _lock:
-                warn, _warned_unverified = not _warned_unverified, True
-            if warn:
+                first, _warned_unverified = not _warned_unverified, True
+            if first:
                 low, high = (".".join(map(str, v)) for v in KNOWN_PYRO)
-                trigger.warn(
+                warn(
                     f"pyro-ppl {_version('pyro-ppl')} is outside the releases "
                     f"pyro-pickle-fix was verified against ({low} to {high}): the repairs "
                     "that compute what pyro's own methods return are left stock, so "
@@ -173,7 +175,7 @@ def _apply(repair: Repair) -> None:
         done = _Installed(repair, owner, name, original)
     except LookupError as gone:
         _leave_stock(repair, str(gone), unfixed=True)
-        trigger.warn(f"skipped {repair.dotted}: {gone}; it is not patched.")
+        warn(f"skipped {repair.dotted}: {gone}; it is not patched.")
         return
     with _lock:
         if not _armed or _in_place(repair):
@@ -189,7 +191,7 @@ def _apply(repair: Repair) -> None:
         _take_out(done)
         reason = f"it does not work with this torch/pyro ({error})"
         _leave_stock(repair, reason, unfixed=True)
-        trigger.warn(f"skipped {repair.dotted}: {reason}; it is not patched.")
+        warn(f"skipped {repair.dotted}: {reason}; it is not patched.")
 
 
 #: The mutation test's switch (tests/test_mutants.py): comma-separated targets to
@@ -313,13 +315,16 @@ class _Installed:
         if repair.how == "wrap":
             self.put: Any = _wrapper_class()(original, repair.fix(owner))
             self.put._self_pyro_pickle_fix = True  # wrapt keeps _self_* on the proxy
+            self.put.__get__(None, owner)  # binds its one class-level object before any thread can
         elif repair.how == "register":
             self.put = repair.fix(original)  # registered now; see remove()
         else:
-            function = repair.fix(owner) if repair.how == "add" else repair.fix(original)
+            function = (
+                _added(owner, name, repair.fix(owner)) if original is None else repair.fix(original)
+            )
             function.__name__ = name
             function.__qualname__ = f"{getattr(owner, '__qualname__', owner)}.{name}"
-            function.__module__ = owner.__module__
+            function.__module__ = repair.module  # where the class's own functions are
             if original is not None:
                 function.__wrapped__ = original
             function._pyro_pickle_fix = True
@@ -351,7 +356,7 @@ class _Installed:
         if current is not self.put:
             if not self.active():
                 return True  # gone already
-            trigger.warn(
+            warn(
                 f"could not unpatch {self.repair.dotted}: {_describe(current)} has "
                 "wrapped it on top of pyro-pickle-fix, so taking ours out would take "
                 "theirs too; the fix stays on for it. Unpatch that library first, or "
@@ -363,6 +368,18 @@ class _Installed:
         else:
             setattr(self.owner, self.name, self.original)
         return True
+
+
+def _added(owner: type, name: str, fix: Any) -> Any:
+    """A method the class does not define, which hides nothing: ``fix(wrapped,
+    instance, args, kwargs)``, as for a wrap, gets as ``wrapped`` the method the
+    instance runs without it (the next in its MRO after ``owner``: a mixin's, a
+    user base's) or None where there is none (copy's or pickle's own fallback)."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return fix(getattr(super(owner, self), name, None), self, args, kwargs)
+
+    return method
 
 
 def _describe(function: Any) -> str:
@@ -385,26 +402,31 @@ def _wrapper_class() -> Any:
         import wrapt
 
         class BoundWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
-            def _self_target(self) -> Any:
-                instance = self._self_instance
-                if instance is None:
-                    instance = getattr(self, "_self_owner", None)
-                return instance
-
             def __reduce_ex__(self, protocol: Any) -> Any:
-                return getattr, (self._self_target(), self.__name__)
+                if self._self_instance is None:  # through the class: a global
+                    return self.__qualname__
+                return getattr, (self._self_instance, self.__name__)
 
             def __copy__(self) -> Any:
                 return self
 
             def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-                target = self._self_target()
                 if self._self_instance is None:
                     return self
-                return getattr(copy.deepcopy(target, memo), self.__name__)
+                return getattr(copy.deepcopy(self._self_instance, memo), self.__name__)
 
         class Wrapper(wrapt.FunctionWrapper):  # type: ignore[type-arg]
             __bound_function_wrapper__ = BoundWrapper
+
+            def __get__(self, instance: Any, owner: Any = None) -> Any:
+                if instance is not None:
+                    return super().__get__(instance, owner)
+                # Through the class, always the one object (wrapt binds anew each
+                # time), so that pickle finds it by name and writes the global that
+                # stock writes for pyro's function.
+                if getattr(self, "_self_unbound", None) is None:
+                    self._self_unbound: Any = super().__get__(None, owner)
+                return self._self_unbound
 
             def __reduce_ex__(self, protocol: Any) -> Any:
                 return self.__qualname__  # a global, looked up by name when loaded

@@ -51,6 +51,8 @@ def environment_enabled() -> bool:
     if value in OFF_VALUES:
         return False
     if value not in ON_VALUES:
+        from .errors import warn  # loaded only when there is a warning to give
+
         warn(
             f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not understood; the fix stays on. "
             f"Set {ENV_VAR} to one of {', '.join(OFF_VALUES)} to turn it off, or to "
@@ -59,9 +61,10 @@ def environment_enabled() -> bool:
     return True
 
 
-def activate() -> None:
-    """Import-time activation: :func:`pyro_pickle_fix.patch` once pyro is imported
-    (or now, if it is), unless ``PYRO_PICKLE_FIX`` turns it off.
+def activate(patch: "Callback") -> None:
+    """Import-time activation: ``patch`` (the package's, which loads the engine)
+    once pyro is imported (or now, if it is), unless ``PYRO_PICKLE_FIX`` turns it
+    off.  This module knows nothing of the engine: the engine uses its hook.
 
     Says so once when pyro-ppl is not installed, except at interpreter start-up
     (sitecustomize), which must stay silent in environments without pyro.
@@ -70,12 +73,14 @@ def activate() -> None:
     if not environment_enabled():
         return
     _activation_requested = True
-    when_imported("pyro", _patch)
+    when_imported("pyro", patch)
     if "pyro" in sys.modules or is_initializing(sys.modules.get("sitecustomize")):
         return
     import importlib.util
 
     if importlib.util.find_spec("pyro") is None:
+        from .errors import warn
+
         warn(
             "pyro-ppl is not installed in this environment, so there is nothing to "
             "patch yet; the fix applies as soon as pyro is installed and imported. "
@@ -86,21 +91,6 @@ def activate() -> None:
 def activation_requested() -> bool:
     """Whether activation asked for the fix and :func:`forget_all` has not undone it."""
     return _activation_requested
-
-
-def _patch(module: "ModuleType") -> None:
-    from ._engine import patch
-
-    patch()
-
-
-def warn(message: str) -> None:
-    """One :class:`~pyro_pickle_fix.PyroPickleFixWarning`."""
-    import warnings
-
-    from .errors import PyroPickleFixWarning
-
-    warnings.warn(message, PyroPickleFixWarning, stacklevel=3)
 
 
 def when_imported(name: str, callback: "Callback") -> None:
@@ -137,6 +127,8 @@ def _run(callback: "Callback", module: "ModuleType") -> None:
     try:
         callback(module)
     except Exception as error:  # never let our hook break the user's import
+        from .errors import warn
+
         warn(
             f"pyro-pickle-fix could not patch {module.__name__} ({error!r}); "
             "serialization of Pyro objects is left as stock pyro-ppl has it. "

@@ -9,6 +9,13 @@ class PyroPickleFixWarning(UserWarning):
     behaves as stock there."""
 
 
+def warn(message: str) -> None:
+    """One :class:`PyroPickleFixWarning`, attributed to the caller's caller."""
+    import warnings
+
+    warnings.warn(message, PyroPickleFixWarning, stacklevel=3)
+
+
 class DeadReferenceError(pickle.PicklingError):
     """An object refers through a dead weak reference to what it needs; pickling it
     would write bytes that cannot be loaded."""

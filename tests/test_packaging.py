@@ -98,3 +98,41 @@ def test_declared_dependency_bounds_are_what_the_matrix_tests():
     assert f'"pyro-ppl>={".".join(map(str, pyros[0]))}",' in text
     assert (pyros[0], pyros[-1]) == KNOWN_PYRO  # what the repairs were verified against
     assert f'"wrapt>={wrapts[0][0]}.{wrapts[0][1]},<{wrapts[-1][0] + 1}"' in text
+
+
+def _imports(package: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, at its top or inside a function."""
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        here = (name if path.name == "__init__.py" else name.rpartition(".")[0]).split(".")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join(here[: len(here) - node.level + 1] + [node.module or ""][:1])
+                base = base.rstrip(".")
+                for alias in node.names:
+                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else []
+                found |= {n for n in names + [a.name for a in node.names] if n in modules}
+        graph[name] = found - {name}
+    return graph
+
+
+def test_the_package_imports_its_modules_in_one_direction():
+    # Activation, the engine and the warning read top to bottom: no module reaches
+    # itself again through what it imports (now or lazily, inside a function).
+    graph = _imports(Path(pyro_pickle_fix.__file__).parent)
+    for start in graph:
+        seen, stack = set(), [[start]]
+        while stack:
+            path = stack.pop()
+            for following in graph[path[-1]]:
+                assert following != start, " -> ".join([*path, start])
+                if following not in seen:
+                    seen.add(following)
+                    stack.append([*path, following])

@@ -242,6 +242,62 @@ def test_where_pyro_defines_easyguide_getstate_copy_copy_works_as_there_without_
     assert fixed["shared"] == stock["shared"]
 
 
+# copy.copy's rebuild from a reduction is copy._reconstruct, a private function
+# (no public one does it): the __copy__ repairs build on it only where it behaves
+# as they assume.  Here: a Python whose copy.copy no longer has it.
+WITHOUT_COPY_REBUILD = """
+import copy, json, sys, types, warnings, weakref
+sys.path.insert(0, {tests!r})
+rebuild = copy._reconstruct
+copy.copy = types.FunctionType(copy.copy.__code__, dict(vars(copy), _reconstruct=rebuild))
+del copy._reconstruct
+import torch, pyro
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import pyro_pickle_fix
+    pyro_pickle_fix.patch()
+    from guides import build
+_, guide, kwargs = build("EasyGuide")
+shallow = copy.copy(guide)
+shallow(**kwargs)
+value = pyro.param("x", torch.zeros(2))
+print(json.dumps({{
+    "plates shared": shallow.plates is guide.plates,
+    "tensor": copy.copy(value).__dict__.get("unconstrained") is value.__dict__["unconstrained"],
+    "wrapped": {{row.target: row.wrapped for row in pyro_pickle_fix.status().targets}},
+    "patched": pyro_pickle_fix.is_patched(),
+    "warnings": [str(w.message) for w in caught],
+}}))
+"""
+
+#: What builds on copy._reconstruct: a state that copy.copy reads, and the
+#: __copy__ that undoes it for a copy.
+NEEDS_COPY_REBUILD = {
+    "torch._tensor.Tensor.__getstate__": True,
+    "pyro.contrib.easyguide.easyguide.EasyGuide.__getstate__": True,
+    "torch._tensor.Tensor.__copy__": False,
+    "pyro.contrib.easyguide.easyguide.EasyGuide.__copy__": False,
+}
+
+
+def test_copy_rebuild_behaves_as_the_copy_repairs_assume_on_this_python():
+    from pyro_pickle_fix.fixes import check_copy_rebuild
+
+    check_copy_rebuild()  # raises where copy._reconstruct no longer rebuilds as copy.copy
+    wrapped = {row.target: row.wrapped for row in pyro_pickle_fix.status().targets}
+    assert all(wrapped[target] for target in NEEDS_COPY_REBUILD)
+
+
+def test_where_copy_rebuild_is_gone_what_builds_on_it_stays_stock_with_a_warning():
+    fixed = fixed_json(WITHOUT_COPY_REBUILD.format(tests=TESTS), fix=False)
+    assert fixed["patched"] is False  # said: those bugs are here, unfixed
+    for target, warned in NEEDS_COPY_REBUILD.items():
+        assert fixed["wrapped"][target] is False, (target, fixed)
+        assert warned is any(target in message for message in fixed["warnings"]), fixed
+    stock = stock_json(WITHOUT_COPY_REBUILD.format(tests=TESTS))
+    assert (fixed["plates shared"], fixed["tensor"]) == (stock["plates shared"], stock["tensor"])
+
+
 # ---------------------------------------------------------------------------
 # Files that repeat their data
 

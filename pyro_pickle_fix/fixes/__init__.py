@@ -13,6 +13,7 @@ changes would otherwise land in, so the stream shares what stock's shares.
 
 from __future__ import annotations
 
+import collections
 import copy
 import copyreg
 
@@ -60,13 +61,38 @@ def computed_state(compute: Callable[[Any, Any], Any]) -> Callable[[Any], Wrappe
     return make
 
 
-def stock_copy(obj: Any) -> tuple[Any, bool]:
-    """What ``copy.copy(obj)`` gives where the class has no ``__copy__`` (the
-    ``copyreg`` reducer registered for the class, else ``__reduce_ex__(4)``, then
-    copy's own rebuild), and whether ``__reduce_ex__`` made it: a ``__copy__`` the
-    fix adds builds on this, and changes nothing that a reducer of yours made."""
+def stock_copy(following: Callable[[], Any] | None, obj: Any) -> tuple[Any, bool]:
+    """What ``copy.copy(obj)`` gives without the ``__copy__`` the fix adds: the next
+    ``__copy__`` in its MRO (``following``) where there is one, else copy's own
+    fallback (the ``copyreg`` reducer registered for the class, else
+    ``__reduce_ex__(4)``, then copy's rebuild); and whether ``__reduce_ex__`` made
+    it: a ``__copy__`` the fix adds changes only such a copy."""
+    if following is not None:
+        return following(), False
     reductor = copyreg.dispatch_table.get(type(obj))
     reduced = reductor(obj) if reductor is not None else obj.__reduce_ex__(4)
     if isinstance(reduced, str):
         return obj, reductor is None
     return copy._reconstruct(obj, None, *reduced), reductor is None  # type: ignore[attr-defined]
+
+
+def check_copy_rebuild() -> None:
+    """That ``copy._reconstruct`` (private: no public function rebuilds an object
+    from its reduction as ``copy.copy`` does) still rebuilds each part of a
+    reduction as a shallow copy has it; else the state repairs whose effect on
+    ``copy.copy`` the ``__copy__`` repairs undo stay stock, and those with them."""
+
+    class Sample(list):  # type: ignore[type-arg]  # a __dict__, slots and list items
+        __slots__ = ("__dict__", "slot")
+
+    class Stateful(collections.OrderedDict):  # type: ignore[type-arg]  # dict items, __setstate__
+        def __setstate__(self, state: Any) -> None:
+            self.state = state
+
+    sample, stateful = Sample([1]), Stateful(a=1)
+    sample.slot, sample.attribute, stateful.attribute = 2, 3, 4  # type: ignore[attr-defined]
+    for obj, attributes in ((sample, vars(sample)), (stateful, {"state": vars(stateful)})):
+        clone = stock_copy(None, obj)[0]
+        found = (type(clone), clone, vars(clone), getattr(clone, "slot", None), clone is obj)
+        if found != (type(obj), obj, attributes, getattr(obj, "slot", None), False):
+            raise RuntimeError(f"copy._reconstruct no longer rebuilds a {type(obj).__name__}")

@@ -4,8 +4,6 @@ with the original."""
 
 from __future__ import annotations
 
-import copy
-
 from .._repairs import Bug, Repair
 from . import computed_state, inherited_state
 
@@ -24,12 +22,11 @@ CLEARED = ("_model", "master")
 @computed_state
 def autoguide_state(owner: Any, instance: Any) -> Any:
     """``AutoGuide.__getstate__`` with ``_model`` and ``master`` None in the state
-    it returns, and the live guide left as it was."""
+    it returns, and the live guide left as it was: set whether or not the next
+    ``__getstate__`` kept them, as pyro sets them before it asks."""
     state = inherited_state(owner, instance)
     if isinstance(state, dict):  # (a state of another shape is returned as it is)
-        for name in CLEARED:
-            if name in state:
-                state[name] = None
+        state.update(dict.fromkeys(CLEARED))
     return state
 
 
@@ -66,8 +63,18 @@ def _owned_children(autoguide: type, modules: dict[str, Any]) -> dict[str, Any]:
         if isinstance(child, autoguide) and master is not None and master() is not None:
             if owned is None:
                 owned = type(modules)(modules)
-            owned[name] = copy.copy(child)
+            owned[name] = _own_copy(child)
     return modules if owned is None else owned
+
+
+def _own_copy(child: Any) -> Any:
+    """A shallow copy of a child guide as stock shares it (its model kept), but
+    mastered by no one yet: rebuilt from its ``__dict__``, not from its own
+    ``__getstate__``, which clears the model for pickling."""
+    cls: Any = type(child)
+    clone = cls.__new__(cls)
+    clone.__setstate__(dict(vars(child), master=None))
+    return clone
 
 
 REPAIRS = (

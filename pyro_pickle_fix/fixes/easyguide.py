@@ -9,7 +9,7 @@ import weakref
 
 from .._repairs import PY311, Bug, Repair
 from ..errors import DeadReferenceError
-from . import computed_state, inherited_state, stock_copy
+from . import check_copy_rebuild, computed_state, inherited_state, stock_copy
 from .autoguide import state_argument
 
 TYPE_CHECKING = False
@@ -38,28 +38,25 @@ def group_state(owner: Any, instance: Any) -> Any:
     return state
 
 
-def easyguide_state(owner: type) -> Callable[[Any], Any]:
-    """``EasyGuide.__getstate__`` (it has none of its own): what PyroModule's gives,
-    with the plate cache copied in one step, so that a save never iterates the
-    dict that a training step fills and clears meanwhile."""
-
-    def __getstate__(self: Any) -> Any:
-        state = inherited_state(owner, self)
-        plates = state.get("plates")
-        if type(plates) is dict:
-            state["plates"] = plates.copy()
-        return state
-
-    return __getstate__
+@computed_state
+def easyguide_state(owner: Any, instance: Any) -> Any:
+    """``EasyGuide.__getstate__`` (it has none of its own): what the next one in
+    the MRO gives (PyroModule's), with the plate cache copied in one step, so that
+    a save never iterates the dict that a training step fills and clears meanwhile."""
+    state = inherited_state(owner, instance)
+    plates = state.get("plates") if isinstance(state, dict) else None
+    if type(plates) is dict:
+        state["plates"] = plates.copy()
+    return state
 
 
-def easyguide_copy(owner: type) -> Callable[[Any], Any]:
+def easyguide_copy(owner: type) -> Wrapper:
     """``EasyGuide.__copy__`` (it has none of its own): what ``copy.copy`` gives
     without one, but sharing the plate cache with the original, as stock's copy
     does (the state above gives a save a copy of it)."""
 
-    def __copy__(self: Any) -> Any:
-        clone, by_reduce_ex = stock_copy(self)
+    def __copy__(following: Any, self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        clone, by_reduce_ex = stock_copy(following, self)
         if not by_reduce_ex:
             return clone
         live, copied = self.__dict__.get("plates"), clone.__dict__.get("plates")
@@ -70,19 +67,22 @@ def easyguide_copy(owner: type) -> Callable[[Any], Any]:
     return __copy__
 
 
-def adopt_groups(owner: Any) -> Callable[..., Any]:
+def adopt_groups(owner: Any) -> Wrapper:
     """``EasyGuide.__setstate__`` (it has none of its own): Groups bound to another
     live guide (``copy.copy`` shares them) are replaced by copies bound to this one,
-    as the Groups of a loaded guide are; then torch's ``Module.__setstate__``."""
+    as the Groups of a loaded guide are; then the next ``__setstate__`` in the MRO
+    (torch's ``Module.__setstate__``)."""
 
-    def __setstate__(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def __setstate__(
+        following: Any, self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         state, call = state_argument(args, kwargs)
         groups = state.get("groups") if isinstance(state, dict) else None
         if groups and type(groups) is dict:
             owned = _owned_groups(self, groups)
             if owned is not groups:
                 state = dict(state, groups=owned)
-        return call(super(owner, self).__setstate__, state)
+        return call(following or self.__dict__.update, state)
 
     return __setstate__
 
@@ -139,6 +139,8 @@ REPAIRS = (
         ),
         easyguide_state,
         how="add",
+        # Its copy of the plate cache must be undone for copy.copy (the __copy__ below).
+        check=check_copy_rebuild,
     ),
     Repair(
         f"{_MODULE}:EasyGuide.__copy__",

@@ -19,7 +19,7 @@ import sys
 import weakref
 
 from .._repairs import Bug, Repair
-from . import stock_copy
+from . import check_copy_rebuild, stock_copy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,21 +57,24 @@ def _without_weakref(attributes: Any) -> Any:
     return attributes
 
 
-def tensor_state(self: Any) -> Any:
-    """``Tensor.__getstate__``: the tensor's Python state without pyro's weakref
-    (with ``__slots__``, the ``(dict, slots)`` pair, its dict without it)."""
-    state = _object_state(self)
+def tensor_state(following: Any, self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``Tensor.__getstate__``: the tensor's Python state (the next ``__getstate__``
+    in its MRO, a mixin's or ``object``'s) without pyro's weakref (with
+    ``__slots__``, the ``(dict, slots)`` pair, its dict without it)."""
+    if args or kwargs:
+        return following(*args, **kwargs)
+    state = _object_state(self) if following is None else following()
     if type(state) is tuple and len(state) == 2:
         return _without_weakref(state[0]), state[1]
     return _without_weakref(state)
 
 
-def tensor_copy(self: Any) -> Any:
+def tensor_copy(following: Any, self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``Tensor.__copy__``: what ``copy.copy`` gives without one (a tensor sharing
     the storage), with pyro's weakref kept where it stood, as stock's copy has it
     (``__reduce_ex__`` reads the state above, which leaves it out)."""
     link = self.__dict__.get(KEY)
-    clone, by_reduce_ex = stock_copy(self)
+    clone, by_reduce_ex = stock_copy(following, self)
     kept = getattr(clone, "__dict__", None)
     if by_reduce_ex and isinstance(link, weakref.ref) and kept is not None and KEY not in kept:
         ordered = {k: link if k == KEY else kept[k] for k in self.__dict__ if k == KEY or k in kept}
@@ -117,7 +120,10 @@ def _strided() -> Any:
 
 def check_tensor_state() -> None:
     """That torch pickles a tensor and a Parameter carrying pyro's weakref through
-    ``__getstate__``, leaving the live ones as they were."""
+    ``__getstate__``, leaving the live ones as they were; and that ``copy.copy`` can
+    be rebuilt as ``Tensor.__copy__`` must (without it, the state would cost copies
+    their weakref)."""
+    check_copy_rebuild()
     import pickle
 
     import torch
