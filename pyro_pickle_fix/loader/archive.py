@@ -163,7 +163,7 @@ class Archive:
         start, size, _ = self._end()
         self.file.seek(start)
         data = self.file.read(size)
-        found = []
+        found: list[tuple[str, bytes, int, int, int, int, int]] = []
         at = 0
         while at < size:
             if len(found) >= MAX_RECORDS:
