@@ -338,8 +338,9 @@ def _worst_files(tmp_path: Path) -> dict[str, tuple[Path, object]]:
     for _ in range(30):
         nested = [nested] * 4
     files["shared nesting"] = (write_file(tmp_path / "nested.pt", {"x": {"n": nested}}), optim_load)
-    # The most objects a byte makes: an empty list a byte, 9,000 an entry.
-    files["empty lists"] = (_lists_file(tmp_path / "empty.pt", b"]", 9_000, 30), optim_load)
+    # The most objects a byte makes: an empty dict (or list) a byte, 9,000 an entry.
+    files["empty dicts"] = (_lists_file(tmp_path / "dicts.pt", b"}", 9_000, 30), optim_load)
+    files["empty lists"] = (_lists_file(tmp_path / "lists.pt", b"]", 9_000, 30), optim_load)
     return files
 
 
@@ -403,3 +404,37 @@ def test_a_fork_during_another_threads_first_load_leaves_a_child_that_loads(tmp_
     # held that import's lock hung on it.  Now nothing is imported by a load.
     found = run_json(FORK_DURING_FIRST_LOAD.format(path=str(tmp_path / "p.pt")), timeout=120)
     assert found == {"child": 0, "imported": []}
+
+
+# ---------------------------------------------------------------------------
+# Issue 31: the zip directory read without zipfile's private functions
+
+
+@pytest.mark.slow
+def test_an_archive_of_more_records_than_16_bits_count_loads_as_torch_loads_it(tmp_path):
+    # torch.save writes a zip64 end record past 65,535 records: the loader reads its
+    # count and directory there (as it reads every end record, with struct).
+    groups = [{"lr": 0.1, "params": [0]}]
+    state = {
+        f"p{i}": {"state": {0: {"step": torch.tensor(float(i))}}, "param_groups": groups}
+        for i in range(66_000)
+    }
+    path = tmp_path / "many.pt"
+    torch.save(state, path)
+    assert path.read_bytes().rfind(b"PK\x06\x06") > 0  # a zip64 end record
+    optim = pyro.optim.Adam({"lr": 0.1})
+    optim.load(path)
+    loaded = optim._state_waiting_to_be_consumed
+    expected = torch.load(path, weights_only=True)
+    assert loaded.keys() == expected.keys()
+    for name in ("p0", "p65999"):
+        assert loaded[name]["param_groups"] == expected[name]["param_groups"]
+        assert torch.equal(loaded[name]["state"][0]["step"], expected[name]["state"][0]["step"])
+
+
+def test_the_loader_uses_no_private_zipfile_function():
+    import pyro_pickle_fix.loader
+
+    root = Path(pyro_pickle_fix.loader.__file__).parent
+    for module in root.glob("*.py"):
+        assert "zipfile._" not in module.read_text(), module

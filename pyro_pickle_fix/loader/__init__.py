@@ -55,14 +55,15 @@ def _load(
         data = archive.small("data.pkl", MAX_PICKLE)
         if data is None:
             archive.refuse("data.pkl", "is missing")
-        state = Unpickler(data, archive, allowed_for(kind)).load()
-        check = Check(filename, kind, archive.length)
+        unpickler = Unpickler(data, archive, allowed_for(kind))
+        state = unpickler.load()
+        check = Check(filename, kind, archive.length, unpickler.shared)
         if kind is STORE:
             check_store(check, state)
         else:
             check_optim(check, state, scheduler, nested)
         try:
-            return Build(archive, map_location).value(state)
+            return Build(archive, map_location, unpickler.shared).value(state)
         except (RuntimeError, ValueError, TypeError, AssertionError, OSError) as error:
             # torch's own refusal of what the checks let through (a device this
             # machine lacks, say): the package's error, torch's chained.

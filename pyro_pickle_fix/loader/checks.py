@@ -35,11 +35,11 @@ if TYPE_CHECKING:
     Within = tuple[tuple[int, ...], int, list[tuple[int, ...]], list[Any]]
 
 #: What a load may cost in Python memory (tracemalloc's peak), in bytes: a multiple
-#: of the file's size, and a constant.  The worst file known: 1.8 M empty lists in
-#: an optimizer state (one pickle byte each) peak at some 360 bytes a file byte
-#: (the unpickled list, its entry in the check's table, the built list and its
-#: entry in the build's table).
-BUDGET_MEMORY = (400, 64 * 2**20)
+#: of the file's size, and a constant.  The worst file known: empty dicts in an
+#: optimizer state, one pickle byte each, peak at some 145 bytes a file byte (the
+#: unpickled dict and the built one; only objects the pickle refers to twice are
+#: remembered by the checks and the build).
+BUDGET_MEMORY = (192, 64 * 2**20)
 #: What a load may cost in time, as Python and C function calls: a multiple of the
 #: file's size, and a constant (the worst file known makes some 32 a byte).
 BUDGET_CALLS = (64, 1_000_000)
@@ -74,10 +74,11 @@ class Check:
     (each distinct object is looked into once; a shared one counts as often as it
     is reached)."""
 
-    def __init__(self, filename: Any, kind: Kind, length: int) -> None:
+    def __init__(self, filename: Any, kind: Kind, length: int, shared: set[int]) -> None:
         self.filename, self.kind = filename, kind
         self.length = length  # the file's size in bytes
-        #: id -> (height, expanded size, expanded tensor bytes)
+        self.shared = shared  # the ids of the objects the pickle refers to again
+        #: id of a shared object -> (height, expanded size, expanded tensor bytes)
         self.seen: dict[int, tuple[int, int, int]] = {}
         self.referenced = 0  # tensor bytes of the entries so far, shared ones as copies
         self.open: set[int] = set()  # the objects the walk is inside of
@@ -151,7 +152,8 @@ class Check:
             if size > MAX_ENTRY_NODES:
                 self.too_many(where)
         self.open.discard(key)
-        self.seen[key] = (height, size, nbytes)
+        if key in self.shared:  # any other object is reached once
+            self.seen[key] = (height, size, nbytes)
         return height, size, nbytes
 
     def too_many(self, where: Where) -> NoReturn:
