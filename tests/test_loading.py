@@ -587,7 +587,7 @@ def test_an_archive_of_too_many_records_is_refused_before_its_directory_is_read(
     path = tmp_path / "records.pt"
     path.write_bytes(raw_zip(members))
     refused = _refused_store(path, UntrustedContentError)
-    assert "is an archive of 1001 records, more than 1000" in str(refused)
+    assert "is an archive of more than 1000 records" in str(refused)
     path.write_bytes(raw_zip(members[:-1]))
     pyro.get_param_store().load(path)
 

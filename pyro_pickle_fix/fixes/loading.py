@@ -6,6 +6,8 @@ needs nothing of torch's unpickler, only its zip format."""
 
 from __future__ import annotations
 
+import sys
+
 from .._repairs import Bug, Repair
 
 TYPE_CHECKING = False
@@ -13,11 +15,27 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from . import Wrapper
+
 WEIGHTS_ONLY_DEFAULT = (2, 6)  # torch.load's weights_only defaults to True from here on
 
 
 def _bind(filename: Any, map_location: Any = None) -> tuple[Any, Any]:
     return filename, map_location
+
+
+def _loads_with(wrapper: Wrapper) -> Callable[[Any], Wrapper]:
+    """A ``wrap`` fix that imports the loader as it goes in (when pyro is imported),
+    never at the first load: a process forked while another thread was importing it
+    there would wait in the child for an import lock that no thread of the child
+    holds.  Everything else the loads use is imported with pyro and torch."""
+
+    def make(owner: Any) -> Wrapper:
+        from .. import loader  # noqa: F401  (imported for the loads, see above)
+
+        return wrapper
+
+    return make
 
 
 def store_load(
@@ -36,7 +54,16 @@ def optim_load(
     """``PyroOptim.load(filename, map_location=None)``, the same way."""
     from ..loader import load_optim_state
 
-    instance.set_state(load_optim_state(*_bind(*args, **kwargs)))
+    # A scheduler's file is refused if a state names what its class defines.
+    scheduler = getattr(instance, "pt_scheduler_constructor", None)
+    if not isinstance(scheduler, type):
+        scheduler = None
+    # pyro 1.9 saves {"scheduler": ..., "optimizer": ...} for each parameter
+    # (pyro.optim.optim._get_state_dict), earlier releases the scheduler's alone.
+    optim_module = sys.modules.get("pyro.optim.optim")
+    nested = "scheduler" if hasattr(optim_module, "_load_state_dict") else None
+    state = load_optim_state(*_bind(*args, **kwargs), scheduler=scheduler, nested=nested)
+    instance.set_state(state)
 
 
 REPAIRS = (
@@ -71,7 +98,7 @@ REPAIRS = (
                 upstream="https://github.com/pytorch/pytorch/pull/184750",
             ),
         ),
-        lambda owner: store_load,  # (a wrap fix is made for the class it wraps)
+        _loads_with(store_load),
     ),
     Repair(
         "pyro.optim.optim:PyroOptim.load",
@@ -94,6 +121,6 @@ REPAIRS = (
                 "the file become a tensor of any size"
             ),
         ),
-        lambda owner: optim_load,
+        _loads_with(optim_load),
     ),
 )

@@ -43,17 +43,27 @@ if TYPE_CHECKING:
 __all__ = ["ALLOWED", "NOT_ALLOWED", "advisory", "load_optim_state", "load_state", "safe_globals"]
 
 
-def _load(filename: Any, map_location: Any, kind: Kind) -> Any:
+def _load(
+    filename: Any,
+    map_location: Any,
+    kind: Kind,
+    scheduler: type | None = None,
+    nested: str | None = None,
+) -> Any:
     with open(filename, "rb") as file:
         archive = Archive(file, filename, kind)
         data = archive.small("data.pkl", MAX_PICKLE)
         if data is None:
             archive.refuse("data.pkl", "is missing")
-        state = Unpickler(data, archive, allowed_for(kind)).load()
-        check = Check(filename, kind, archive.length)
-        (check_store if kind is STORE else check_optim)(check, state)
+        unpickler = Unpickler(data, archive, allowed_for(kind))
+        state = unpickler.load()
+        check = Check(filename, kind, archive.length, unpickler.shared)
+        if kind is STORE:
+            check_store(check, state)
+        else:
+            check_optim(check, state, scheduler, nested)
         try:
-            return Build(archive, map_location).value(state)
+            return Build(archive, map_location, unpickler.shared).value(state)
         except (RuntimeError, ValueError, TypeError, AssertionError, OSError) as error:
             # torch's own refusal of what the checks let through (a device this
             # machine lacks, say): the package's error, torch's chained.
@@ -75,7 +85,17 @@ def load_state(filename: Any, map_location: Any = None) -> Any:
     return _load(filename, map_location, STORE)
 
 
-def load_optim_state(filename: Any, map_location: Any = None) -> Any:
+def load_optim_state(
+    filename: Any,
+    map_location: Any = None,
+    *,
+    scheduler: type | None = None,
+    nested: str | None = None,
+) -> Any:
     """An optimizer file's state (``PyroOptim.save()``), for ``PyroOptim.set_state``;
-    refused as :func:`load_state` refuses."""
-    return _load(filename, map_location, OPTIM)
+    refused as :func:`load_state` refuses.  ``scheduler``: the learning-rate
+    scheduler class whose states the file holds (a ``PyroLRScheduler``'s), whose
+    methods no state may name; ``nested``: the key of each entry that holds the
+    scheduler's own state (``"scheduler"`` where pyro saves the optimizer's beside
+    it), None where the entry is the scheduler's state."""
+    return _load(filename, map_location, OPTIM, scheduler, nested)

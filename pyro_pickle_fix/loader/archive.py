@@ -8,7 +8,6 @@ import itertools
 import re
 import struct
 import sys
-import zipfile
 
 from ..errors import UntrustedContentError
 from .messages import escaped, refuse
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 
 #: Records in the archive: ``torch.save`` writes one a storage and a few more; the
 #: largest files :data:`MAX_OBJECTS` allows hold some 110,000 storages (an amsgrad
-#: Adam state of 27,000 parameters).  Checked before the zip directory is read.
+#: Adam state of 27,000 parameters).  Counted as the zip directory is read.
 MAX_RECORDS = 2**17
 
 #: The records torch's zip format holds besides the storages (``data/<key>``).
@@ -37,67 +36,73 @@ _RECORDS = frozenset(
         ".data/serialization_id",
     }
 )
-_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip file's local file header
+# The zip format's records (APPNOTE.TXT 4.3): the end of the central directory, its
+# zip64 locator and zip64 form, a central directory record, a local file header.
+_END = struct.Struct("<4s4H2LH")
+_END_SIGNATURE = b"PK\x05\x06"
+_LOCATOR = struct.Struct("<4sLQL")
+_LOCATOR_SIGNATURE = b"PK\x06\x07"
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_END64_SIGNATURE = b"PK\x06\x06"
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_CENTRAL_SIGNATURE = b"PK\x01\x02"
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+_STORED = 0  # compression method: none
+_UTF8 = 0x800  # flag: the name is UTF-8 (else code page 437)
+_ZIP64 = 0xFFFFFFFF  # a 32-bit field whose value is in the zip64 extra field
 _STORAGE_KEY = re.compile(r"[0-9A-Za-z_]{1,64}")
 
 
 class Archive:
     """A zip file as ``torch.save`` writes it, checked: one top folder, every record
-    stored (not compressed, not encrypted) at a place of its own inside the file."""
+    stored (not compressed, not encrypted) at a place of its own inside the file.
+
+    The directory is read here with :mod:`struct`, not with :mod:`zipfile`: its
+    records are counted as they are read, so the count is the directory's own and
+    not the end record's claim (a 16-bit field), and an offset, a size or a version
+    that a crafted file gives can only be refused, never raise from ``seek``."""
 
     def __init__(self, file: BufferedReader, filename: Any, kind: Kind) -> None:
         self.file, self.filename, self.kind = file, filename, kind
         file.seek(0, 2)
         self.length = length = file.tell()
         file.seek(0)
-        end = getattr(zipfile, "_EndRecData", None)  # what ZipFile reads first
         try:
-            found = end(file) if end is not None else None
-        except (OSError, ValueError, struct.error):
-            found = None
-        if found is not None and found[4] > MAX_RECORDS:  # _ECD_ENTRIES_TOTAL
-            self.refuse(
-                "",
-                f"is an archive of {found[4]} records, more than {MAX_RECORDS} (torch.save "
-                "writes one a storage and a few more)",
-            )
-        try:
-            with zipfile.ZipFile(file) as archive:
-                infos = archive.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as error:
+            directory = self._directory()
+        except (OSError, ValueError, OverflowError, struct.error) as error:
+            # Reading what the checks bounded failed after all (an I/O error): the
+            # package's error, the original chained.
             raise self._untrusted(
-                "",
-                "is not a zip archive as torch.save writes one (it may be torch's legacy "
-                "format, torch.save(..., _use_new_zipfile_serialization=False))",
+                "", f"could not be read as a zip archive ({type(error).__name__}: {error})"
             ) from error
-        pickles = [info.filename for info in infos if info.filename.endswith("/data.pkl")]
+        pickles = [name for name, *_ in directory if name.endswith("/data.pkl")]
         if len(pickles) != 1 or pickles[0].count("/") != 1:
             self.refuse("", "is not an archive of one torch.save() state (one */data.pkl)")
         self.prefix = pickles[0][: -len("data.pkl")]
         #: record name (without the top folder) -> (where its data starts, its size)
         self.records: dict[str, tuple[int, int]] = {}
         spans = []
-        for info in infos:
-            name = info.filename
+        for name, raw_name, flags, method, stored, size, offset in directory:
             rest = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
             storage = rest.startswith("data/") and _STORAGE_KEY.fullmatch(rest[5:])
             if rest not in _RECORDS and not storage:
                 self.refuse(name, "is a record that torch.save does not write")
             if rest in self.records:
                 self.refuse(name, "is in the archive twice")
-            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            if method != _STORED or stored != size:
                 self.refuse(
                     name,
                     "is stored compressed (torch.save stores every record as it is; a "
                     "compressed one can inflate far beyond the file)",
                 )
-            if info.flag_bits & 0x1:
+            if flags & 0x1:
                 self.refuse(name, "is encrypted")
-            start = self._data_start(info)
-            if start + info.file_size > length:
-                self.refuse(name, f"claims {info.file_size} bytes that the file does not hold")
-            spans.append((info.header_offset, start + info.file_size, name))
-            self.records[rest] = (start, info.file_size)
+            start = self._data_start(name, raw_name, offset)
+            if start + size > length:
+                self.refuse(name, f"claims {size} bytes that the file does not hold")
+            spans.append((offset, start + size, name))
+            self.records[rest] = (start, size)
         spans.sort()
         for (_, end, name), (following, _, _) in itertools.pairwise(spans):
             if end > following:
@@ -110,17 +115,121 @@ class Archive:
                 "loads files saved on a machine of the same byte order only)",
             )
 
-    def _data_start(self, info: zipfile.ZipInfo) -> int:
-        self.file.seek(info.header_offset)
-        header = self.file.read(_LOCAL_HEADER.size)
-        if len(header) != _LOCAL_HEADER.size:
-            self.refuse(info.filename, "has no local header")
-        fields = _LOCAL_HEADER.unpack(header)
+    def _end(self) -> tuple[int, int, int]:
+        """Where the central directory starts, its size, and where it must end (at
+        the end record, or at the zip64 end record when there is one)."""
+        file, length = self.file, self.length
+        tail_size = min(length, _END.size + 0xFFFF)  # the end record and its comment
+        file.seek(length - tail_size)
+        tail = file.read(tail_size)
+        at = len(tail)
+        while (at := tail.rfind(_END_SIGNATURE, 0, at)) >= 0:  # the last end record
+            whole = at + _END.size <= len(tail)  # whose comment ends the file
+            if whole and at + _END.size + _END.unpack_from(tail, at)[-1] == len(tail):
+                break
+        if at < 0:
+            self.refuse(
+                "",
+                "is not a zip archive as torch.save writes one (it may be torch's legacy "
+                "format, torch.save(..., _use_new_zipfile_serialization=False))",
+            )
+        _, disk, start_disk, _, _, size, start, _ = _END.unpack_from(tail, at)
+        end_at = length - tail_size + at
+        before = tail[at - _LOCATOR.size : at] if at >= _LOCATOR.size else b""
+        if before.startswith(_LOCATOR_SIGNATURE):  # zip64: the true figures are there
+            _, _, end64_at, _ = _LOCATOR.unpack(before)
+            if end64_at + _END64.size > end_at - _LOCATOR.size:
+                self.refuse("", "has a zip64 end record outside the file")
+            file.seek(end64_at)
+            fields = _END64.unpack(file.read(_END64.size))
+            if fields[0] != _END64_SIGNATURE:
+                self.refuse("", "has no zip64 end record where its locator says")
+            disk, start_disk, size, start = fields[4], fields[5], fields[8], fields[9]
+            end_at = end64_at
+        if disk or start_disk:
+            self.refuse("", "is one part of a multi-part zip archive")
+        if start + size != end_at:
+            self.refuse(
+                "",
+                f"has its central directory at {start} ({size} bytes), not just before its "
+                f"end record at {end_at}",
+            )
+        return start, size, end_at
+
+    def _directory(self) -> list[tuple[str, bytes, int, int, int, int, int]]:
+        """The central directory, each record's (name, raw name, flags, method,
+        stored size, size, local header offset); its records counted as they are
+        read, and refused past :data:`MAX_RECORDS`."""
+        start, size, _ = self._end()
+        self.file.seek(start)
+        data = self.file.read(size)
+        found: list[tuple[str, bytes, int, int, int, int, int]] = []
+        at = 0
+        while at < size:
+            if len(found) >= MAX_RECORDS:
+                self.refuse(
+                    "",
+                    f"is an archive of more than {MAX_RECORDS} records (torch.save writes "
+                    "one a storage and a few more)",
+                )
+            if at + _CENTRAL.size > size:
+                self.refuse("", "has a central directory that ends inside a record")
+            fields = _CENTRAL.unpack_from(data, at)
+            if fields[0] != _CENTRAL_SIGNATURE:
+                self.refuse("", f"has no directory record at byte {start + at}")
+            flags, method, stored, full = fields[3], fields[4], fields[8], fields[9]
+            name_length, extra_length, comment_length, offset = (
+                fields[10],
+                fields[11],
+                fields[12],
+                fields[16],
+            )
+            name_at = at + _CENTRAL.size
+            extra_at = name_at + name_length
+            at = extra_at + extra_length + comment_length
+            if at > size:
+                self.refuse("", "has a central directory that ends inside a record")
+            raw_name = data[name_at:extra_at]
+            name = raw_name.decode("utf-8" if flags & _UTF8 else "cp437", "surrogateescape")
+            if _ZIP64 in (full, stored, offset):
+                full, stored, offset = self._zip64(
+                    name, data[extra_at : extra_at + extra_length], full, stored, offset
+                )
+            found.append((name, raw_name, flags, method, stored, full, offset))
+        return found
+
+    def _zip64(
+        self, name: str, extra: bytes, full: int, stored: int, offset: int
+    ) -> tuple[int, int, int]:
+        """The sizes and offset that a record's zip64 extra field gives in place of
+        the 32-bit fields that say ``0xFFFFFFFF``, in the order zip writes them."""
+        at = 0
+        while at + 4 <= len(extra):
+            tag, length = struct.unpack_from("<HH", extra, at)
+            if tag == 1:
+                values = extra[at + 4 : at + 4 + length]
+                wanted = [value == _ZIP64 for value in (full, stored, offset)]
+                if len(values) < 8 * sum(wanted):
+                    break
+                given = iter(struct.unpack_from(f"<{sum(wanted)}Q", values))
+                full, stored, offset = (
+                    next(given) if needed else value
+                    for value, needed in zip((full, stored, offset), wanted, strict=True)
+                )
+                return full, stored, offset
+            at += 4 + length
+        self.refuse(name, "has sizes of 0xFFFFFFFF and no zip64 field that gives them")
+
+    def _data_start(self, name: str, raw_name: bytes, offset: int) -> int:
+        if offset + _LOCAL_HEADER.size > self.length:
+            self.refuse(name, "has no local header")
+        self.file.seek(offset)
+        fields = _LOCAL_HEADER.unpack(self.file.read(_LOCAL_HEADER.size))
         name_length, extra_length = fields[-2], fields[-1]
-        name = self.file.read(name_length)
-        if fields[0] != b"PK\x03\x04" or fields[4] != 0 or name != info.filename.encode():
-            self.refuse(info.filename, "has a local header that does not match the directory")
-        return int(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+        found = self.file.read(name_length)
+        if fields[0] != _LOCAL_SIGNATURE or fields[4] != _STORED or found != raw_name:
+            self.refuse(name, "has a local header that does not match the directory")
+        return int(offset + _LOCAL_HEADER.size + name_length + extra_length)
 
     def small(self, name: str, limit: int) -> bytes | None:
         """A record read whole (the pickle, the byte order); None if there is none."""

@@ -20,14 +20,15 @@ class Build:
     torch allocated for it, then moved as ``map_location`` says; each shared object
     made once."""
 
-    def __init__(self, archive: Archive, map_location: Any) -> None:
+    def __init__(self, archive: Archive, map_location: Any, shared: set[int]) -> None:
         import torch
 
         self.torch = torch
         self.archive = archive
         self.map_location = map_location
         self.storages: dict[str, Any] = {}
-        self.made: dict[int, Any] = {}
+        self.shared = shared  # the ids of the objects the pickle refers to again
+        self.made: dict[int, Any] = {}  # of those, what each was made into
 
     def value(self, value: Any) -> Any:
         if type(value) in SCALARS:
@@ -38,24 +39,26 @@ class Build:
         kind = type(value)
         out: Any
         if kind is dict:
-            out = self.made[key] = {}
+            out = {}
             for name, item in value.items():
                 out[name] = self.value(item)
         elif kind is list:
-            out = self.made[key] = []
+            out = []
             out.extend(self.value(item) for item in value)
         elif kind is tuple:
-            out = self.made[key] = tuple(self.value(item) for item in value)
+            out = tuple(self.value(item) for item in value)
         elif kind is Tensor:
-            out = self.made[key] = self.tensor(value)
+            out = self.tensor(value)
         else:  # an Object: Check let nothing else through
             cls = value.cls
-            out = self.made[key] = cls.__new__(cls)
+            out = cls.__new__(cls)
             state = {name: self.value(item) for name, item in (value.state or {}).items()}
             if getattr(cls, "__setstate__", None) is getattr(object, "__setstate__", None):
                 out.__dict__.update(state)
             else:  # a class of the user's own, allowed by them
                 out.__setstate__(state)
+        if key in self.shared:  # (the checks refused every cycle)
+            self.made[key] = out
         return out
 
     def tensor(self, tensor: Tensor) -> Any:

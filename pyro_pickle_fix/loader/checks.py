@@ -2,7 +2,23 @@
 built: the shape pyro writes (:func:`check_store`, :func:`check_optim`), each
 tensor against its data, each constraint's attributes, no constraint whose
 tensors broadcast past what the file holds, and how deep and how large the state
-is along every path, within the limits below."""
+is along every path, within the limits below.
+
+The budget these limits keep, for any file, refused or loaded (``tests/
+test_load_budget.py`` holds it over the worst file of each limit):
+
+* memory: the loader's Python objects peak at :data:`BUDGET_MEMORY` (``K`` bytes
+  a byte of the file, plus a constant); the tensors it builds hold exactly the
+  file's storage records, and an optimizer file's state, cast by
+  ``Optimizer.load_state_dict``, at most :data:`REFERENCED` times the file;
+* time: linear in the file's size, at most :data:`BUDGET_CALLS` function calls
+  (``K`` a byte, plus a constant), each of bounded work;
+* every limit is compared before the work or the memory it bounds is spent: a
+  container's length before it is walked, the archive's records as its directory
+  is read, a constraint's tensors against the slice of its parameter each part
+  checks before a value is transformed, optimizer state in the dtype it will be
+  cast to before it is cast.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +27,22 @@ from .records import SCALARS, Hooks, Object, Storage, Tensor, itemsize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any, NoReturn
 
     from .messages import Kind, Where
 
+    Within = tuple[tuple[int, ...], int, list[tuple[int, ...]], list[Any]]
+
+#: What a load may cost in Python memory (tracemalloc's peak), in bytes: a multiple
+#: of the file's size, and a constant.  The worst file known: empty dicts in an
+#: optimizer state, one pickle byte each, peak at some 145 bytes a file byte (the
+#: unpickled dict and the built one; only objects the pickle refers to twice are
+#: remembered by the checks and the build).
+BUDGET_MEMORY = (192, 64 * 2**20)
+#: What a load may cost in time, as Python and C function calls: a multiple of the
+#: file's size, and a constant (the worst file known makes some 32 a byte).
+BUDGET_CALLS = (64, 1_000_000)
 #: Nesting that a genuine constraint or optimizer state never comes near, counted
 #: along every path.
 MAX_DEPTH = 32
@@ -27,9 +55,17 @@ MAX_NODES = 2_000_000
 #: scalar bound) to some 10 (tensor bounds), 650,000 at most at 65,000 parameters.
 MAX_FITS_WORK = 2_000_000
 #: The tensors of an optimizer file, in bytes, each reference counted as a copy
-#: (``Optimizer.load_state_dict`` casts each one separately), at most this many times
-#: the file's size: a file that pyro saves refers to each storage's data once.
-REFERENCED = 2
+#: (``Optimizer.load_state_dict`` casts each one separately) and each element as
+#: :data:`CAST_ITEMSIZE` bytes at least, at most this many times the file's size.  A
+#: file that pyro saves refers to each storage's data once; Adam's state for a
+#: float16 parameter counts 4 times its data, for a float32 one twice.
+REFERENCED = 4
+#: ``Optimizer.load_state_dict`` casts every state tensor but ``step`` to its
+#: parameter's dtype when the parameter is floating
+#: (``_process_value_according_to_param_policy``), which no check here can know:
+#: counted as the widest floating dtype, float64, so a uint8 state cast for a
+#: float64 parameter costs no more than the count says.
+CAST_ITEMSIZE = 8
 
 
 class Check:
@@ -38,16 +74,19 @@ class Check:
     (each distinct object is looked into once; a shared one counts as often as it
     is reached)."""
 
-    def __init__(self, filename: Any, kind: Kind, length: int) -> None:
+    def __init__(self, filename: Any, kind: Kind, length: int, shared: set[int]) -> None:
         self.filename, self.kind = filename, kind
         self.length = length  # the file's size in bytes
-        #: id -> (height, expanded size, expanded tensor bytes)
+        self.shared = shared  # the ids of the objects the pickle refers to again
+        #: id of a shared object -> (height, expanded size, expanded tensor bytes)
         self.seen: dict[int, tuple[int, int, int]] = {}
         self.referenced = 0  # tensor bytes of the entries so far, shared ones as copies
         self.open: set[int] = set()  # the objects the walk is inside of
         self.attributes: dict[type, frozenset[str]] = {}  # this load's own
-        #: constraint id -> (its tensors' hull, their elements, their shapes)
-        self.tensor_shapes: dict[int, tuple[tuple[int, ...], int, list[tuple[int, ...]]]] = {}
+        #: constraint id -> (its tensors' hull, their elements, their shapes, and the
+        #: _Cat and _Stack constraints within it): all its tensors, or those outside them
+        self.tensor_shapes: dict[int, Within] = {}
+        self.direct_shapes: dict[int, Within] = {}
         self.work = 0  # steps of the broadcast check, all constraints together
 
     def refuse(self, where: Where, what: str, fix: str = "") -> NoReturn:
@@ -83,17 +122,26 @@ class Check:
             self.refuse(where, f"is nested more than {MAX_DEPTH} levels deep")
         kind = type(value)
         nbytes = 0
+        # The children are made one at a time, after their count is compared with
+        # the limit: a list of a million Nones is refused before it is walked.
+        children: Iterable[tuple[Any, Where]]
         if kind is dict:
-            children = [(item, (where, "[", name)) for name, item in value.items()]
+            count = len(value)
+            children = ((item, (where, "[", name)) for name, item in value.items())
         elif kind is list or kind is tuple:
-            children = [(item, (where, "[", index)) for index, item in enumerate(value)]
+            count = len(value)
+            children = ((item, (where, "[", index)) for index, item in enumerate(value))
         elif kind is Tensor:
             nbytes = self.tensor(value, where)
-            children = []
+            count, children = 0, ()
         elif kind is Object:
-            children = [(item, (where, ".", name)) for name, item in self.state(value, where)]
+            attributes = self.state(value, where)
+            count = len(attributes)
+            children = ((item, (where, ".", name)) for name, item in attributes)
         else:
             self.refuse(where, f"is {describe(value)}")
+        if 1 + count > MAX_ENTRY_NODES:
+            self.too_many(where)
         self.open.add(key)
         height, size = 0, 1
         for child, inner in children:
@@ -102,17 +150,21 @@ class Check:
             size += child_size
             nbytes += child_bytes
             if size > MAX_ENTRY_NODES:
-                self.refuse(
-                    where,
-                    f"expands to more than {MAX_ENTRY_NODES} objects (shared references "
-                    "counted as the copies pyro and torch make of them)",
-                )
+                self.too_many(where)
         self.open.discard(key)
-        self.seen[key] = (height, size, nbytes)
+        if key in self.shared:  # any other object is reached once
+            self.seen[key] = (height, size, nbytes)
         return height, size, nbytes
 
+    def too_many(self, where: Where) -> NoReturn:
+        self.refuse(
+            where,
+            f"expands to more than {MAX_ENTRY_NODES} objects (shared references "
+            "counted as the copies pyro and torch make of them)",
+        )
+
     def tensor(self, tensor: Tensor, where: Where) -> int:
-        """Checks the tensor against its data; its bytes."""
+        """Checks the tensor against its data; its bytes once cast (:data:`CAST_ITEMSIZE`)."""
         args = tensor.args
         if tensor.parameter:
             if not (len(args) == 3 and type(args[0]) is Tensor and not args[0].parameter):
@@ -166,7 +218,7 @@ class Check:
             )
         if not numel and offset > held:
             self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
-        return int(numel * itemsize(storage.dtype))
+        return int(numel * max(itemsize(storage.dtype), CAST_ITEMSIZE))
 
     def state(self, obj: Object, where: Where) -> list[tuple[str, Any]]:
         """A constraint's attributes: only names its class's constructor sets, none
@@ -187,73 +239,166 @@ class Check:
         return list(state.items())
 
     def fits(self, constraint: Any, param: Tensor, where: Where) -> None:
-        """No tensor of the constraint broadcasts past its parameter: the smallest
-        shape that holds them all and the parameter holds no more elements than the
-        parameter and those tensors themselves do.  Each distinct constraint is
-        looked into once (its tensors' hull, what they hold), and all of that work
-        counts against :data:`MAX_FITS_WORK`; then each parameter costs its rank."""
+        """No tensor of the constraint broadcasts past the part of the parameter it
+        constrains: a ``_Cat`` hands each of its parts a slice of the parameter
+        (``lengths`` along ``dim``), a ``_Stack`` one index along ``dim``, and every
+        other constraint the whole of what it was handed.  What they make together
+        (each part's slice broadcast with its tensors) is at most the parameter and
+        the constraint's distinct tensors: what the file holds.  Each distinct
+        constraint is looked into once, each (constraint, shape) pair compared once,
+        and all of that work counts against :data:`MAX_FITS_WORK`."""
         shape = _shape(param)
-        key = id(constraint)
-        known = self.tensor_shapes.get(key)
-        if known is None:
-            known = self.tensor_shapes[key] = self.constraint_hull(constraint, where)
-        tail, tensors_held, shapes = known
+        _, tensors_held, shapes, _ = self.tensors_within(constraint, where, whole=True)
         if not shapes:
             return
-        rank = max(len(shape), len(tail))
-        hull = [1] * rank
-        for each in (shape, tail):
-            for axis, extent in enumerate(each, rank - len(each)):
-                hull[axis] = max(hull[axis], extent)
+        made = _numel(shape) + self.excess(constraint, shape, {}, where)
         held = _numel(shape) + tensors_held
-        if _numel(tuple(hull)) > held:
+        if made > held:
             listed = ", ".join(dims(each) for each in shapes[:4])
             more = f" and {len(shapes) - 4} more" if len(shapes) > 4 else ""
             self.refuse(
                 where,
                 f"has tensors of shapes {listed}{more} for a parameter of shape "
-                f"{dims(shape)}: broadcast together they make {_numel(tuple(hull))} "
-                f"elements from {held} in the file",
+                f"{dims(shape)}: broadcast together they make {made} elements from {held} "
+                "in the file (each with the part of the parameter it constrains)",
             )
 
-    def constraint_hull(
-        self, constraint: Any, where: Where
-    ) -> tuple[tuple[int, ...], int, list[tuple[int, ...]]]:
+    def excess(
+        self,
+        constraint: Any,
+        shape: tuple[int, ...],
+        known: dict[tuple[int, tuple[int, ...]], int],
+        where: Where,
+    ) -> int:
+        """The elements that checking (or transforming) a value of ``shape`` with
+        ``constraint`` makes beyond ``shape``'s own, by broadcasting it with the
+        constraint's tensors; each (constraint, shape) pair counted once."""
+        key = (id(constraint), shape)
+        if key in known:
+            return known[key]
+        self.count_work(1 + len(shape), where)
+        parts = _slices(constraint, shape)
+        if parts is not None:
+            if isinstance(parts, str):
+                self.refuse(where, f"has a {constraint.cls.__qualname__} that {parts}")
+            found = sum(self.excess(part, sliced, known, where) for part, sliced in parts)
+        else:
+            tail, _, shapes, nested = self.tensors_within(constraint, where, whole=False)
+            found = _numel(_broadcast(shape, tail)) - _numel(shape) if shapes else 0
+            found += sum(self.excess(inner, shape, known, where) for inner in nested)
+        known[key] = found
+        return found
+
+    def tensors_within(
+        self, constraint: Any, where: Where, *, whole: bool
+    ) -> tuple[tuple[int, ...], int, list[tuple[int, ...]], list[Any]]:
         """The hull of the shapes of the distinct tensors within a (checked)
-        constraint, their elements, and their shapes."""
+        constraint, their elements, their shapes, and (unless ``whole``) the
+        ``_Cat`` and ``_Stack`` constraints within it, whose tensors are left to
+        them; computed once a constraint."""
+        cache = self.tensor_shapes if whole else self.direct_shapes
+        known = cache.get(id(constraint))
+        if known is not None:
+            return known
         found: list[tuple[int, ...]] = []
+        nested: list[Any] = []
         pending, visited = [constraint], set()
-        hull: list[int] = []  # right-aligned: hull[-1] is the last axis
+        hull: tuple[int, ...] = ()
         held = 0
         while pending:
             item = pending.pop()
-            self.work += 1
+            self.count_work(1, where)
             if type(item) in SCALARS or id(item) in visited:
                 continue
             visited.add(id(item))
             if type(item) is Tensor:
                 shape = _shape(item)
-                self.work += len(shape)
+                self.count_work(len(shape), where)
                 found.append(shape)
                 held += _numel(shape)
-                if len(shape) > len(hull):
-                    hull[:0] = [1] * (len(shape) - len(hull))
-                start = len(hull) - len(shape)
-                hull[start:] = map(max, hull[start:], shape)
+                hull = _broadcast(hull, shape)
+            elif type(item) is Object and not whole and item is not constraint and _slicing(item):
+                nested.append(item)
             elif type(item) is Object and item.state:
                 pending.extend(item.state.values())
             elif type(item) in (list, tuple):
                 pending.extend(item)
             elif type(item) is dict:
                 pending.extend(item.values())
-            if self.work > MAX_FITS_WORK:
-                self.refuse(
-                    where,
-                    f"is one of constraints whose tensors take more than {MAX_FITS_WORK} "
-                    "steps to compare with their parameters (distinct constraints that "
-                    "share many tensors)",
-                )
-        return tuple(hull), held, found
+        known = cache[id(constraint)] = (hull, held, found, nested)
+        return known
+
+    def count_work(self, steps: int, where: Where) -> None:
+        self.work += steps
+        if self.work > MAX_FITS_WORK:
+            self.refuse(
+                where,
+                f"is one of constraints whose tensors take more than {MAX_FITS_WORK} "
+                "steps to compare with their parameters (distinct constraints that "
+                "share many tensors)",
+            )
+
+
+#: The constraints that hand each of their parts a slice of the value
+#: (``torch.distributions.constraints``): ``cat`` and ``stack``.
+_SLICING = ("_Cat", "_Stack")
+
+
+def _slicing(obj: Object) -> str | None:
+    """``_Cat`` or ``_Stack`` if ``obj`` is one (or of a subclass), else None."""
+    for klass in obj.cls.__mro__:
+        if klass.__module__ == "torch.distributions.constraints" and klass.__name__ in _SLICING:
+            return klass.__name__
+    return None
+
+
+def _slices(
+    constraint: Any, shape: tuple[int, ...]
+) -> list[tuple[Any, tuple[int, ...]]] | str | None:
+    """The parts of a ``_Cat`` or ``_Stack`` and the shape of the slice each checks
+    (as ``_Cat.check`` and ``CatTransform`` narrow, as ``_Stack.check`` and
+    ``StackTransform`` select), or why they cannot slice ``shape``; None for any
+    other constraint."""
+    if type(constraint) is not Object:
+        return None
+    which = _slicing(constraint)
+    if which is None:
+        return None
+    state = constraint.state or {}
+    parts, dim = state.get("cseq"), state.get("dim", 0)
+    if type(parts) is not list or type(dim) is not int or not -len(shape) <= dim < len(shape):
+        return f"does not slice its parameter of shape {dims(shape)} (dim {short(dim)})"
+    axis = dim % len(shape)
+    if which == "_Stack":
+        if shape[axis] != len(parts):
+            return f"stacks {len(parts)} parts along an axis of {shape[axis]}"
+        sliced = shape[:axis] + shape[axis + 1 :]
+        return [(part, sliced) for part in parts]
+    lengths = state.get("lengths", [1] * len(parts))
+    if (
+        type(lengths) is not list
+        or len(lengths) != len(parts)
+        or not all(type(length) is int and length >= 0 for length in lengths)
+        or sum(lengths) != shape[axis]
+    ):
+        return (
+            f"does not slice its parameter of shape {dims(shape)}: its lengths are not "
+            f"{len(parts)} counts that add up to {shape[axis]}"
+        )
+    return [
+        (part, (*shape[:axis], length, *shape[axis + 1 :]))
+        for part, length in zip(parts, lengths, strict=True)
+    ]
+
+
+def _broadcast(shape: tuple[int, ...], other: tuple[int, ...]) -> tuple[int, ...]:
+    """The smallest shape that holds both (right-aligned, each axis the larger)."""
+    rank = max(len(shape), len(other))
+    hull = [1] * rank
+    for each in (shape, other):
+        for axis, extent in enumerate(each, rank - len(each)):
+            hull[axis] = max(hull[axis], extent)
+    return tuple(hull)
 
 
 def _shape(tensor: Tensor) -> tuple[int, ...]:
@@ -327,19 +472,50 @@ def check_store(check: Check, state: Any) -> None:
         check.fits(constraint, params[name], ("constraints", "[", name))
 
 
-def check_optim(check: Check, state: Any) -> None:
+def check_optim(
+    check: Check, state: Any, scheduler: type | None = None, nested: str | None = None
+) -> None:
     """``{param name: optimizer or scheduler state_dict()}``, as
-    ``PyroOptim.get_state()`` makes it."""
+    ``PyroOptim.get_state()`` makes it.  For a scheduler (the class that
+    ``PyroLRScheduler`` makes, ``scheduler``), each scheduler state (the entry's
+    ``nested`` key where pyro writes ``{"scheduler": ..., "optimizer": ...}``, else
+    the entry) holds only names its ``state_dict()`` writes: torch's
+    ``load_state_dict`` puts every name into the scheduler's ``__dict__``, where one
+    that the class defines as a method or a property, or the scheduler's
+    ``optimizer``, would hide the class's own."""
     if type(state) is not dict:
         check.refuse("", f"is {describe(state)}, not a dict of parameter names")
     for name, value in state.items():
         if type(value) is not dict:
             check.refuse(("state", "[", name), f"is {describe(value)}, not a state_dict()")
+        if scheduler is None:
+            continue
+        where: Where = ("state", "[", name)
+        inner = value.get(nested) if nested is not None else value
+        if type(inner) is not dict:
+            check.refuse(where, f"holds no {nested!r} state_dict() for {scheduler.__qualname__}")
+        _check_scheduler_state(check, scheduler, inner, (where, "[", nested) if nested else where)
+
     check.entries(state, "state", 0)
     if check.referenced > REFERENCED * check.length:
         check.refuse(
             "",
-            f"refers to {check.referenced} bytes of tensors (shared references counted as "
-            f"the copies torch's Optimizer.load_state_dict makes of them), more than "
-            f"{REFERENCED} times the file's {check.length} bytes",
+            f"refers to {check.referenced} bytes of tensors, counted in the dtype "
+            "Optimizer.load_state_dict casts it to (a float64 parameter's, 8 bytes an "
+            "element, at most) and shared references as the copies it makes of them, "
+            f"more than {REFERENCED} times the file's {check.length} bytes",
         )
+
+
+def _check_scheduler_state(
+    check: Check, scheduler: type, value: dict[Any, Any], where: Where
+) -> None:
+    """A scheduler's state, as its ``state_dict()`` writes it: see :func:`check_optim`."""
+    for key in value:
+        if type(key) is not str or key == "optimizer" or _is_descriptor(scheduler, key):
+            check.refuse(
+                (where, "[", key),
+                f"is a name that {scheduler.__qualname__}'s state_dict() never writes: "
+                "its load_state_dict() would set it on the scheduler, over "
+                f"{'its optimizer' if key == 'optimizer' else 'what its class defines'}",
+            )

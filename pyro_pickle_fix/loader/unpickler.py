@@ -60,6 +60,10 @@ class Unpickler:
         self.allowed = allowed  # constraint classes, by module.qualname: this load's own
         self.storages: dict[str, Storage] = {}
         self.objects = 0
+        #: The ids of the objects the pickle refers to again (a memo GET, the only
+        #: way it can): only these can be reached twice, or be part of a cycle, so
+        #: only these are remembered by the checks and the build.
+        self.shared: set[int] = set()
 
     def refuse(self, what: str) -> NoReturn:
         refuse(self.archive.filename, self.kind, "its pickle", what)
@@ -163,9 +167,11 @@ class Unpickler:
                     pos += 4
                 elif op == 0x68:  # h BINGET
                     stack.append(memo[data[pos]])
+                    self.shared.add(id(stack[-1]))
                     pos += 1
                 elif op == 0x6A:  # j LONG_BINGET
                     stack.append(memo[unpack_from("<I", data, pos)[0]])
+                    self.shared.add(id(stack[-1]))
                     pos += 4
                 elif op == 0x28:  # ( MARK
                     self.made()
