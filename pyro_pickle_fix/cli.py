@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -24,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Make serializing Pyro guides (pickle, torch.save, copy) leave the "
         "live guide untouched.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     check = commands.add_parser(
         "check",
@@ -94,7 +98,26 @@ def _import_targets() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; returns the exit code."""
+    """Run one subcommand; returns the exit code.  A reader that closes the pipe
+    early (``pyro-pickle-fix status | head -2``) ends it quietly, as ``cat`` does."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here (--version too), not at exit
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print a second error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         from .diagnostics.check import main as check
@@ -120,11 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, changed = installer.install(args.target)
             print(f"{PROG}: {'installed in' if changed else 'already installed in'} {path}")
             shadow = installer.shadowing(path)
-            if shadow is not None:
-                print(
-                    f"{PROG}: warning: Python imports {shadow} first, so this block does "
-                    f"not run; add the block there (--target) or remove that file",
-                    file=sys.stderr,
+            if not installer.on_search_path(path):
+                _warn(
+                    f"{os.path.dirname(path)} is not on this interpreter's sys.path, so "
+                    "the block does not run at start-up; add the directory to PYTHONPATH "
+                    "(or a .pth file in site-packages), or install without --target"
+                )
+            elif shadow is not None:
+                _warn(
+                    f"Python imports {shadow} first, so this block does "
+                    f"not run; add the block there (--target) or remove that file"
                 )
         else:
             path, changed = installer.uninstall(args.target)

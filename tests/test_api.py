@@ -1,6 +1,7 @@
 """patch / unpatch / status, lazy activation, opt-out and bad input."""
 
 import importlib
+import platform
 import sys
 import types
 import warnings
@@ -350,3 +351,14 @@ def test_the_readme_table_lists_every_repair_with_its_upstream_links():
         for bug in repair.bugs:
             if bug.upstream:
                 assert bug.upstream in row, (repair.dotted, bug.upstream)
+
+
+def test_status_fields_are_attributes_its_repr_names():
+    import torch
+
+    report = pyro_pickle_fix.status()
+    assert report.torch == torch.__version__ and report.python == platform.python_version()
+    assert repr(report).startswith(f"Status(active={report.active!r}, pyro={report.pyro!r}, ")
+    assert f"targets=[{len(report.targets)} TargetStatus]" in repr(report)
+    assert report.as_dict()["torch"] == report.torch
+    assert f"torch {report.torch}," in str(report).splitlines()[0]
