@@ -200,7 +200,7 @@ def _ran_at_start_up() -> str | None:
     block (wherever it is: site-packages, a ``PYTHONPATH`` directory, ``--target``)."""
     loaded = sys.modules.get("sitecustomize")
     location: str | None = getattr(loaded, "__file__", None)
-    if not location or not os.path.basename(location) == "sitecustomize.py":
+    if not location or os.path.basename(location) != "sitecustomize.py":
         return None
     text = _read(os.path.abspath(location))
     return os.path.abspath(location) if text is not None and _split(text) is not None else None
