@@ -59,6 +59,19 @@ def _parser() -> argparse.ArgumentParser:
         help=f"only these paths (default: all of {', '.join(PATHS)})",
     )
     audit.add_argument("--json", action="store_true", help="print both reports as JSON")
+    verify = commands.add_parser(
+        "verify",
+        help="check a param-store or optimizer file before you load it",
+        description="Read each FILE through the same checks as pyro's two loads "
+        "(pyro.get_param_store().load(), optim.load()), change nothing, and print what "
+        "it holds (each parameter's name, shape, dtype and constraint; an optimizer's "
+        "parameters, state and schedulers) and a verdict. For a file only "
+        "torch.load(weights_only=False) can load (a whole guide), list the globals it "
+        "would import, without running anything. Exit 0 when every file loads, 1 when "
+        "one is refused, 2 when one cannot be read.",
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("--json", action="store_true", help="print the reports as JSON")
     commands.add_parser(
         "status",
         help="show what is patched here and whether start-up activation is installed",
@@ -123,6 +136,10 @@ def _run(argv: Sequence[str] | None) -> int:
         from .diagnostics.check import main as check
 
         return check(as_json=args.json)
+    if args.command == "verify":
+        from .diagnostics.verify import main as verify
+
+        return verify(args.files, as_json=args.json)
     if args.command == "audit":
         from .diagnostics.audit import audit_main
 
