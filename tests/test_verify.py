@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,19 @@ def test_the_exit_is_the_worst_of_the_files(files):
     assert cli(files["store"], files["adam"]).returncode == 0
     assert cli(files["store"], files["guide"]).returncode == 1
     assert cli(files["guide"], files["truncated"]).returncode == 2
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_the_globals_are_read_from_the_opcodes_of_every_protocol(protocol):
+    import collections
+    import datetime
+
+    from pyro_pickle_fix.diagnostics.verify import _globals
+
+    # Two dates: the second names its class through the memo (protocol 4's STACK_GLOBAL).
+    data = pickle.dumps(
+        [collections.OrderedDict(), datetime.date(2000, 1, 1), datetime.date(2000, 1, 2)],
+        protocol,
+    )
+    found = set(_globals(data))
+    assert found - {"_codecs.encode"} == {"collections.OrderedDict", "datetime.date"}

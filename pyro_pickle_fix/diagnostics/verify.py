@@ -18,6 +18,7 @@ import json
 import pickletools
 import sys
 import zipfile
+from typing import cast
 
 from ..errors import UntrustedContentError, UntrustedGlobalError
 
@@ -194,19 +195,27 @@ def _globals(pickle: bytes) -> Iterator[str]:
     through the memo), as the unpickler does."""
     strings: list[Any] = []
     memo: dict[int, Any] = {}
-    for opcode, argument, _ in pickletools.genops(pickle):
-        if opcode.name in ("GLOBAL", "INST"):
+    top: Any = None  # the string last pushed, or None after anything else
+    for opcode, found, _ in pickletools.genops(pickle):
+        name, argument = opcode.name, cast("Any", found)
+        if name in ("GLOBAL", "INST"):
             yield str(argument).replace(" ", ".", 1)
-        elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+        elif name == "STACK_GLOBAL" and len(strings) >= 2:
             yield f"{strings[-2]}.{strings[-1]}"
-        elif "UNICODE" in opcode.name or opcode.name in ("STRING", "BINSTRING"):
-            strings.append(argument)
-        elif opcode.name == "MEMOIZE" and strings:
-            memo[len(memo)] = strings[-1]
-        elif opcode.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-            memo[int(argument)] = strings[-1]
-        elif opcode.name in ("BINGET", "LONG_BINGET", "GET"):
-            strings.append(memo.get(int(argument)))
+        elif "UNICODE" in name or name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+            top = argument
+            strings.append(top)
+            continue
+        elif name == "MEMOIZE":
+            memo[len(memo)] = top
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[int(argument)] = top
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            top = memo.get(int(argument))
+            strings.append(top)
+            continue
+        if name not in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
+            top = None
 
 
 def _scan(report: FileReport) -> None:
