@@ -89,7 +89,9 @@ def test_the_needs_table_follows_the_bug_ranges():
         "no",
         "no",
     ]
-    assert rows["loading: `get_param_store().load()` fails on the files pyro writes"] == [
+    assert rows[
+        "loading: `get_param_store().load()` fails on every file pyro writes (`UnpicklingError`)"
+    ] == [
         "no",
         "yes",
         "no",

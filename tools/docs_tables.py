@@ -99,7 +99,7 @@ PHRASES: dict[tuple[str, int], tuple[str, str] | None] = {
     ),
     ("pyro.params.param_store.ParamStoreDict.load", 0): (
         "loading",
-        "`get_param_store().load()` fails on the files pyro writes",
+        "`get_param_store().load()` fails on every file pyro writes (`UnpicklingError`)",
     ),
     ("pyro.params.param_store.ParamStoreDict.load", 1): (
         "loading",
