@@ -162,7 +162,7 @@ def test_a_damaged_or_missing_file_cannot_be_read(files, tmp_path):
     assert done.returncode == 2
     truncated, missing = json.loads(done.stdout)["files"]
     assert truncated["verdict"] == missing["verdict"] == "cannot read"
-    assert "damaged, truncated" in truncated["reasons"][0]
+    assert "damaged or truncated" in truncated["reasons"][0]
     assert missing["reasons"] == ["cannot open it: No such file or directory"]
 
 
@@ -186,3 +186,17 @@ def test_the_globals_are_read_from_the_opcodes_of_every_protocol(protocol):
     )
     found = set(_globals(data))
     assert found - {"_codecs.encode"} == {"collections.OrderedDict", "datetime.date"}
+
+
+def test_a_file_in_torch_s_legacy_format_is_refused_as_the_loads_refuse_it(tmp_path):
+    from pyro_pickle_fix.diagnostics.verify import LEGACY_MAGIC
+
+    path = tmp_path / "legacy.pt"
+    torch.save({"x": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes().startswith(LEGACY_MAGIC)
+    report = verify_file(str(path))
+    assert report.code == 1 and report.imports == []
+    assert report.reasons[-1].startswith("it is in torch's legacy format")
+    # Damaged after its first bytes, it is still that format: refused, not unreadable.
+    path.write_bytes(path.read_bytes()[:40])
+    assert verify_file(str(path)).code == 1

@@ -218,6 +218,18 @@ def _globals(pickle: bytes) -> Iterator[str]:
             top = None
 
 
+#: How a file in torch's legacy format begins: its magic number, pickled (protocol 2).
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _legacy(path: str) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC
+    except OSError:
+        return False
+
+
 def _scan(report: FileReport) -> None:
     """Name what a file both loads refused would import, or say why it cannot be read."""
     from ..loader.unpickler import MAX_PICKLE
@@ -233,10 +245,17 @@ def _scan(report: FileReport) -> None:
             pickle = archive.read(records[0])
         names = list(dict.fromkeys(_globals(pickle)))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+        if _legacy(report.path):
+            report.reasons.append(
+                "it is in torch's legacy format (torch.save(..., "
+                "_use_new_zipfile_serialization=False)), which both loads refuse: save it "
+                "again with torch.save's default format where you trust it"
+            )
+            return
         report.code = UNREADABLE
         report.reasons = [
             f"not a torch.save archive that can be read ({type(error).__name__}: {error}): "
-            "damaged, truncated, or in the legacy format that the loads refuse"
+            "damaged or truncated"
         ]
         return
     from ..loader import ALLOWED
