@@ -452,7 +452,19 @@ def _version(distribution: str) -> str | None:
 
 
 class TargetStatus:
-    """One row of :func:`status`."""
+    """One row of :func:`status`: one method the fix repairs.
+
+    Attributes:
+        target (str): the method's dotted path, such as
+            ``"pyro.nn.module.PyroModule.__getstate__"``.
+        wrapped (bool): whether the repair is in place on that method now.
+        needed (bool | None): whether this pyro-ppl, on this Python and torch, has a
+            bug the repair fixes; ``None`` where that is unknown (a pyro-ppl release
+            the repairs were not verified against, or none installed).
+        note (str): why the repair is not in place, or ``""``.
+        bugs (list[str]): the bugs the repair fixes that this pyro-ppl, Python and
+            torch may have, one sentence each.
+    """
 
     __slots__ = ("bugs", "needed", "note", "target", "wrapped")
 
@@ -471,7 +483,21 @@ class TargetStatus:
 
 
 class Status:
-    """What is patched in this interpreter, per target; ``str()`` is a readable table."""
+    """What is patched in this interpreter, per target (what :func:`status` returns).
+
+    ``str()`` is the table ``pyro-pickle-fix status`` prints; :meth:`as_dict` gives
+    the same as plain data (for JSON).
+
+    Attributes:
+        active (bool): whether the fix is on in this process (imported, and not
+            turned off by ``PYRO_PICKLE_FIX=0`` or :func:`unpatch`).
+        pyro (str | None): the installed pyro-ppl's version, or ``None``.
+        torch (str | None): the installed torch's version, or ``None``.
+        python (str): this Python's version, such as ``"3.11.7"``.
+        targets (list[TargetStatus]): one row per repaired method.
+        advisory (str | None): the published advisories against this torch's own
+            weights-only loading (``torch.load(..., weights_only=True)``), or ``None``.
+    """
 
     def __init__(
         self,
@@ -480,17 +506,20 @@ class Status:
         active: bool,
         targets: list[TargetStatus],
         advisory: str | None = None,
+        torch: str | None = None,
     ) -> None:
         self.pyro = pyro
+        self.torch = torch
         self.python = python
         self.active = active
         self.targets = targets
-        #: The published advisories against this torch's weights-only loading.
         self.advisory = advisory
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as plain data: ``targets`` as a list of dicts."""
         return {
             "pyro": self.pyro,
+            "torch": self.torch,
             "python": self.python,
             "active": self.active,
             "targets": [row.as_dict() for row in self.targets],
@@ -501,7 +530,8 @@ class Status:
         answer = {True: "yes", False: "no", None: "unknown"}
         lines = [
             f"pyro-pickle-fix {'on' if self.active else 'off'} "
-            f"(pyro-ppl {self.pyro or 'not installed'}, Python {self.python})",
+            f"(pyro-ppl {self.pyro or 'not installed'}, torch {self.torch or 'not installed'}, "
+            f"Python {self.python})",
             f"{'target':58} {'wrapped':8} {'needed':8} note",
         ]
         for row in self.targets:
@@ -513,7 +543,12 @@ class Status:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"Status({self.as_dict()!r})"
+        # Attribute syntax, not a dict: the fields are read as attributes.
+        return (
+            f"Status(active={self.active!r}, pyro={self.pyro!r}, torch={self.torch!r}, "
+            f"python={self.python!r}, targets=[{len(self.targets)} TargetStatus], "
+            f"advisory={self.advisory!r})"
+        )
 
 
 def status() -> Status:
@@ -560,4 +595,5 @@ def status() -> Status:
         active,
         rows,
         advisory(torch) if torch is not None else None,
+        torch_text,
     )

@@ -189,12 +189,34 @@ def shadowing(path: str) -> str | None:
     return first
 
 
+def on_search_path(path: str) -> bool:
+    """Whether the directory of the sitecustomize.py at ``path`` is on this
+    interpreter's ``sys.path`` as start-up reads it."""
+    return os.path.dirname(os.path.abspath(path)) in _search_path()
+
+
+def _ran_at_start_up() -> str | None:
+    """The sitecustomize.py this interpreter imported at start-up, if it holds our
+    block (wherever it is: site-packages, a ``PYTHONPATH`` directory, ``--target``)."""
+    loaded = sys.modules.get("sitecustomize")
+    location: str | None = getattr(loaded, "__file__", None)
+    if not location or os.path.basename(location) != "sitecustomize.py":
+        return None
+    text = _read(os.path.abspath(location))
+    return os.path.abspath(location) if text is not None and _split(text) is not None else None
+
+
 def describe(directory: str | None = None) -> str:
-    """One line: whether start-up activation is installed, where, and if it runs."""
+    """One line: whether start-up activation is installed, where, and if it runs.
+    Without ``directory``: where it ran at this interpreter's start-up, if it did,
+    else this interpreter's site-packages."""
+    ran = _ran_at_start_up() if directory is None else None
+    if ran is not None:
+        return f"start-up activation: installed in {ran}, and it ran at this start-up"
     path = sitecustomize_path(directory)
     if not installed_in(directory):
         return f"start-up activation: not installed (looked in {path})"
-    if os.path.dirname(os.path.abspath(path)) not in _search_path():
+    if not on_search_path(path):
         return (
             f"start-up activation: installed in {path}, but that directory is not on "
             "sys.path, so it does not run"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -24,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Make serializing Pyro guides (pickle, torch.save, copy) leave the "
         "live guide untouched.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     check = commands.add_parser(
         "check",
@@ -55,6 +59,19 @@ def _parser() -> argparse.ArgumentParser:
         help=f"only these paths (default: all of {', '.join(PATHS)})",
     )
     audit.add_argument("--json", action="store_true", help="print both reports as JSON")
+    verify = commands.add_parser(
+        "verify",
+        help="check a param-store or optimizer file before you load it",
+        description="Read each FILE through the same checks as pyro's two loads "
+        "(pyro.get_param_store().load(), optim.load()), change nothing, and print what "
+        "it holds (each parameter's name, shape, dtype and constraint; an optimizer's "
+        "parameters, state and schedulers) and a verdict. For a file only "
+        "torch.load(weights_only=False) can load (a whole guide), list the globals it "
+        "would import, without running anything. Exit 0 when every file loads, 1 when "
+        "one is refused, 2 when one cannot be read.",
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("--json", action="store_true", help="print the reports as JSON")
     commands.add_parser(
         "status",
         help="show what is patched here and whether start-up activation is installed",
@@ -94,12 +111,35 @@ def _import_targets() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; returns the exit code."""
+    """Run one subcommand; returns the exit code.  A reader that closes the pipe
+    early (``pyro-pickle-fix status | head -2``) ends it quietly, as ``cat`` does."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here (--version too), not at exit
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print a second error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         from .diagnostics.check import main as check
 
         return check(as_json=args.json)
+    if args.command == "verify":
+        from .diagnostics.verify import main as verify
+
+        return verify(args.files, as_json=args.json)
     if args.command == "audit":
         from .diagnostics.audit import audit_main
 
@@ -120,11 +160,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, changed = installer.install(args.target)
             print(f"{PROG}: {'installed in' if changed else 'already installed in'} {path}")
             shadow = installer.shadowing(path)
-            if shadow is not None:
-                print(
-                    f"{PROG}: warning: Python imports {shadow} first, so this block does "
-                    f"not run; add the block there (--target) or remove that file",
-                    file=sys.stderr,
+            if not installer.on_search_path(path):
+                _warn(
+                    f"{os.path.dirname(path)} is not on this interpreter's sys.path, so "
+                    "the block does not run at start-up; add the directory to PYTHONPATH "
+                    "(or a .pth file in site-packages), or install without --target"
+                )
+            elif shadow is not None:
+                _warn(
+                    f"Python imports {shadow} first, so this block does "
+                    f"not run; add the block there (--target) or remove that file"
                 )
         else:
             path, changed = installer.uninstall(args.target)

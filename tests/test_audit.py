@@ -116,6 +116,9 @@ class Counter(PyroModule):
 def make_counter():
     return Counter()
 
+def make_guide_alone():
+    return make_guide()[0]  # no call: nothing exercises it
+
 def make_unpicklable():
     guide, call = make_guide()
     guide.note = lambda: "a local lambda: pickle cannot save it"
@@ -238,3 +241,18 @@ def test_a_path_that_cannot_save_is_reported_and_leaves_the_object_alone(user_pa
     assert done.returncode == 0, done.stderr
     assert "save: AttributeError: Can't " in done.stdout or "save: PicklingError" in done.stdout
     assert "cannot save it by: pickle5." in done.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow  # the command line's work: the same on every Python, torch and pyro-ppl
+@pytest.mark.once
+def test_an_object_without_a_call_is_not_exercised_and_never_said_to_work(user_path):
+    done = cli(user_path, "user_guides:make_guide_alone", "--paths", "pickle5")
+    assert done.returncode == 0, done.stderr
+    with_fix = done.stdout.split("  with the fix\n")[1].splitlines()
+    assert with_fix[1].split()[1:] == ["yes", "yes", "not", "exercised", "not", "exercised"]
+    verdict = done.stdout.strip().splitlines()[-1]
+    assert "whether it still works was not exercised" in verdict
+    assert "safe" not in verdict and "works" not in verdict.split(";")[0]
+    found = json.loads(cli(user_path, "user_guides:make_guide_alone", "--json").stdout)
+    assert found["with_fix"]["exercised"] is False and found["with_fix"]["clean"] is True
+    assert "not exercised" in str(AuditReport.from_dict(found["with_fix"]))

@@ -71,6 +71,7 @@ def test_the_dist_check_fails_on_a_wheel_without_py_typed_or_a_module(tmp_path):
     assert "wheel lacks pyro_pickle_fix/diagnostics/audit.py" in found
     assert "wheel lacks the console script pyro-pickle-fix" in found
     assert "sdist pyro_pickle_fix-0.0.0 lacks tests/conftest.py" in found
+    assert "sdist pyro_pickle_fix-0.0.0 lacks docs/loading.md" in found
     assert "wheel lacks pyro_pickle_fix/__init__.py" not in found
 
 

@@ -262,7 +262,7 @@ def test_a_broken_installation_does_not_disturb_start_up(venv):
 
 def test_console_script_and_help(venv):
     script = venv.root / "bin" / "pyro-pickle-fix"
-    for command in ([], ["check"], ["status"], ["install"], ["uninstall"]):
+    for command in ([], ["check"], ["status"], ["verify"], ["install"], ["uninstall"]):
         done = subprocess.run([str(script), *command, "--help"], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("usage: pyro-pickle-fix")

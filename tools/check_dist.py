@@ -39,6 +39,7 @@ def problems(dist: Path) -> list[str]:
     wanted = ["README.md", "CHANGELOG.md", "CONTRIBUTING.md", "LICENSE", "tests/conftest.py"]
     wanted += sorted(modules)
     wanted += [f"tests/{path.name}" for path in sorted((ROOT / "tests").glob("test_*.py"))]
+    wanted += [f"docs/{path.name}" for path in sorted((ROOT / "docs").glob("*.md"))]
     found += [f"sdist {top} lacks {name}" for name in wanted if name not in members]
     return found
 

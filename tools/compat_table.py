@@ -1,10 +1,10 @@
-"""Write the README's compatibility table from the last matrix run.
+"""Write the compatibility table of docs/compatibility.md from the last matrix run.
 
-    python tools/compat_table.py .nox/results README.md
+    python tools/compat_table.py .nox/results docs/compatibility.md
 
 Each matrix cell leaves ``pyP-pyroX-wrapt-Y.xml`` (pytest's JUnit report) and
 ``pyP-pyroX-wrapt-Y.json`` (``pyro-pickle-fix check --json``).  The table replaces
-whatever stands between the two markers in the README.  The last line printed
+whatever stands between the two markers in the page.  The last line printed
 is the matrix's total, ``matrix: N passed, N failed``.
 """
 
@@ -77,20 +77,20 @@ def rows(results: Path) -> tuple[list[str], int, int]:
             f"| {outcome.get('param_store_stock', '?')} | {outcome.get('param_store_fixed', '?')} |"
         )
         counts.append(f"{check.stem}: {suite}")
-    print("\n".join(counts))  # per-cell test counts: the log's, not the README's
+    print("\n".join(counts))  # per-cell test counts: the log's, not the page's
     return lines, passed_total, failed_total
 
 
-def main(results: str, readme: str) -> int:
+def main(results: str, page: str = "docs/compatibility.md") -> int:
     table, passed, failed = rows(Path(results))
     if len(table) == 2:
         print(f"no matrix results in {results}; run the test matrix first", file=sys.stderr)
         return 1
-    path = Path(readme)
+    path = Path(page)
     text = path.read_text()
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
-        print(f"{readme} has no compatibility-table markers", file=sys.stderr)
+        print(f"{page} has no compatibility-table markers", file=sys.stderr)
         return 1
     path.write_text(text[: start + len(BEGIN)] + "\n" + "\n".join(table) + "\n" + text[end:])
     print("\n".join(table))

@@ -96,9 +96,15 @@ class AuditRow:
         self.copy_error: str | None = "not run"
 
     @property
+    def exercised(self) -> bool:
+        """Whether a call ran on the live object (the factory gave one)."""
+        return self.skipped is None and self.live_error != "not run"
+
+    @property
     def clean(self) -> bool:
-        """Skipped, or the live object unchanged and still working.  (A save that
-        raises is clean when it leaves the live object as it was.)"""
+        """Skipped, or the live object unchanged and, where a call exercised it,
+        still working.  (A save that raises is clean when it leaves the live object
+        as it was.)"""
         return self.skipped is not None or (
             not self.changes and self.live_error in (None, "not run")
         )
@@ -145,14 +151,20 @@ class AuditReport:
 
     @property
     def clean(self) -> bool:
-        """Every path left the live object unchanged and working."""
+        """Every path left the live object unchanged and, where exercised, working."""
         return all(row.clean for row in self.rows)
+
+    @property
+    def exercised(self) -> bool:
+        """A call exercised the live object on every path that ran."""
+        return all(row.exercised for row in self.rows if row.skipped is None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "fix_active": self.fix_active,
             "clean": self.clean,
+            "exercised": self.exercised,
             "notes": self.notes,
             "versions": self.versions,
             "rows": [row.as_dict() for row in self.rows],
@@ -175,9 +187,11 @@ class AuditReport:
                 "",
                 "  "
                 + (
-                    "every path left the live object unchanged and working"
-                    if self.clean
-                    else "NOT SAFE: a path changed the live object or broke it"
+                    "NOT SAFE: a path changed the live object or broke it"
+                    if not self.clean
+                    else "every path left the live object unchanged and working"
+                    if self.exercised
+                    else f"every path left the live object unchanged; {NOT_EXERCISED}"
                 ),
             ]
         )
@@ -186,20 +200,29 @@ class AuditReport:
         return f"AuditReport({self.target!r}, clean={self.clean})"
 
 
-def _cell(error: str | None) -> str:
+#: What a report says where the factory gave no call: nothing ran the object.
+NOT_EXERCISED = (
+    "whether it still works was not exercised: return (object, call) from the "
+    "factory, where call(obj) runs it (one SVI step, say)"
+)
+
+
+def _cell(error: str | None, exercised: bool = True) -> str:
+    if not exercised:
+        return "not exercised"
     return {None: "yes", "not run": "-"}.get(error, "no")
 
 
 def table(rows: Iterable[AuditRow], indent: str) -> list[str]:
     """The audit table: a line per path, then each change and error on its own line."""
-    lines = [f"{indent}{'path':13}{'saves':7}{'live unchanged':16}{'live works':12}copy works"]
+    lines = [f"{indent}{'path':13}{'saves':7}{'live unchanged':16}{'live works':15}copy works"]
     for row in rows:
         if row.skipped is not None:
             lines.append(f"{indent}{row.path:13}skipped: {row.skipped}")
             continue
         lines.append(
             f"{indent}{row.path:13}{_cell(row.saved):7}{'no' if row.changes else 'yes':16}"
-            f"{_cell(row.live_error):12}{_cell(row.copy_error)}"
+            f"{_cell(row.live_error, row.exercised):15}{_cell(row.copy_error, row.exercised)}"
         )
         details = [f"save: {row.saved}"] if row.saved else []
         details += [f"changed: {change}" for change in row.changes[:MAX_CHANGES]]
@@ -341,7 +364,13 @@ def audit_report(target: str, without: AuditReport, with_fix: AuditReport) -> st
     for (label, _), side in zip(SIDES, (without, with_fix), strict=True):
         lines += ["", f"  {label}", *table(side.rows, "    ")]
     lines.append("")
-    if with_fix.clean:
+    if with_fix.clean and not with_fix.exercised:
+        stock = "does too" if without.clean else "does not"
+        lines.append(
+            f"  Serializing {target} leaves it unchanged here with pyro-pickle-fix on "
+            f"every path (without it, it {stock}); {NOT_EXERCISED}."
+        )
+    elif with_fix.clean:
         stock = "is" if without.clean else "is not"
         lines.append(
             f"  Serializing {target} is safe here with pyro-pickle-fix on every path "

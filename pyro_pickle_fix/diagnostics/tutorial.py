@@ -9,6 +9,7 @@ package is imported, as for any user.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -77,9 +78,92 @@ def trained_guide(seed: int = 0) -> tuple[PickleGuide, Callable[[Any], object]]:
     return guide, lambda trained: train(trained, data, epochs=1)
 
 
+def autoguide_after_save(seed: int = 0) -> dict[str, Any]:
+    """An ``AutoNormal`` of the same model, saved with ``torch.save``: what changed
+    in it, and whether ``guide.model`` (what ``laplace_approximation()``, nested
+    guides and user code read) still answers."""
+    from pyro.infer.autoguide import AutoNormal
+
+    from .audit import error_line
+    from .snapshot import snapshot
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    data = make_data(seed)
+    guide = AutoNormal(model)
+    guide(data[:, :BATCH_SIZE], torch.arange(BATCH_SIZE), FULL_SIZE)
+    before = snapshot(guide)
+    torch.save(guide, io.BytesIO())
+    changes = before.diff(snapshot(guide))
+    try:
+        guide.model  # noqa: B018  (the read is the test)
+        error = None
+    except Exception as raised:
+        error = error_line(raised)
+    return {"changes": changes, "error": error}
+
+
+def _load_outcome(load: Callable[[str], object], path: str) -> str:
+    """``"loads"``, or ``"refused (ErrorType)"``, of one load of ``path``."""
+    from .audit import error_line
+
+    try:
+        load(path)
+    except Exception as error:
+        return f"refused ({error_line(error).partition(':')[0].rpartition('.')[2]})"
+    return "loads"
+
+
+def loads_here() -> dict[str, dict[str, str]]:
+    """What ``ParamStoreDict.load`` and ``PyroOptim.load`` do here with a file pyro
+    wrote (``genuine``) and with one that names ``datetime.date`` (``foreign``): a
+    load that builds the date trusts the file, and would run what a crafted file
+    names."""
+    import datetime
+    import os
+    import tempfile
+
+    from pyro.optim import Adam  # type: ignore[attr-defined]
+
+    date = datetime.date(2000, 1, 1)
+
+    def probe_model() -> None:
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def probe_guide() -> None:
+        scale = pyro.param("scale", torch.ones(()), constraint=dist.constraints.positive)
+        pyro.sample("z", dist.Normal(0.0, scale))
+
+    pyro.clear_param_store()
+    optim = Adam({"lr": 0.01})
+    SVI(probe_model, probe_guide, optim, Trace_ELBO()).step()
+    found: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        genuine, foreign = (os.path.join(directory, name) for name in ("g.pt", "f.pt"))
+        # What pyro writes, and the same with a date where a constraint or a state goes.
+        for name, save, load, crafted in (
+            (
+                "param store",
+                pyro.get_param_store().save,
+                pyro.get_param_store().load,
+                {"params": {"scale": torch.ones(())}, "constraints": {"scale": date}},
+            ),
+            ("optimizer", optim.save, Adam({"lr": 0.01}).load, {"scale": date}),
+        ):
+            save(genuine)
+            torch.save(crafted, foreign)
+            found[name] = {
+                "genuine": _load_outcome(load, genuine),
+                "foreign": _load_outcome(load, foreign),
+            }
+    pyro.clear_param_store()
+    return found
+
+
 def reproduce(seed: int = 0) -> dict[str, Any]:
     """Train, save with ``torch.save``, load, train both again: the audit of the
-    tutorial guide along that one path, in the form ``check`` reports."""
+    tutorial guide along that one path, in the form ``check`` reports; then the
+    same save of an ``AutoNormal``, and the two pyro loads."""
     from .audit import audit
 
     report = audit(lambda: trained_guide(seed), paths=["torch.save"], target="tutorial EasyGuide")
@@ -91,11 +175,14 @@ def reproduce(seed: int = 0) -> dict[str, Any]:
             "ok": row.live_error is None,
             "error": row.live_error,
             "unchanged": not row.changes,
+            "changes": row.changes,
         },
         "loaded": {
             "ok": row.saved is None and row.copy_error is None,
             "error": row.saved or row.copy_error,
         },
+        "autoguide": autoguide_after_save(seed),
+        "loads": loads_here(),
     }
 
 
