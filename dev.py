@@ -22,10 +22,13 @@ CUDA build.  Arguments after the command go to pytest (``test``, ``mutants``: e.
 
 from __future__ import annotations
 
+import ast
 import fcntl
+import functools
 import glob
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -61,13 +64,60 @@ def run(*command: str, env: dict[str, str] | None = None) -> int:
     return code
 
 
-def interpreters_on_path() -> dict[str, str]:
-    """The environment for nox, with pyenv's Pythons on PATH (nox looks for
-    ``python3.X`` there; pyenv's shims answer only for the selected version)."""
+#: Makes a CPython X.Y from Debian's packages and prints its path (cached after the
+#: first run): where the project's ``shared/`` sits beside the clone, as in CI.
+DEBIAN_PYTHON = ROOT.parent / "shared" / "tools" / "debian-python"
+
+
+def nox_pythons(noxfile: Path = ROOT / "noxfile.py") -> list[str]:
+    """The Pythons the matrix runs (``PYTHONS`` in noxfile.py), read without importing
+    it: noxfile.py needs nox, which only ``.venv`` has."""
+    for node in ast.parse(noxfile.read_text()).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            if isinstance(target, ast.Name) and target.id == "PYTHONS" and node.value:
+                return [str(version) for version in ast.literal_eval(node.value)]
+    raise RuntimeError(f"{noxfile} has no PYTHONS")
+
+
+@functools.cache
+def interpreters_on_path(
+    pythons: tuple[str, ...] | None = None,
+    provider: Path = DEBIAN_PYTHON,
+    links: Path = ROOT / ".nox" / "interpreters",
+) -> dict[str, str]:
+    """The environment for nox, with a ``python3.X`` on PATH for every Python of the
+    matrix where one can be had (nox looks for ``python3.X`` there): pyenv's Pythons
+    (its shims answer only for the selected version), then, for a version neither
+    PATH nor pyenv has, the one ``provider`` makes (``debian-python X.Y``), linked as
+    ``links/python3.X``.  Any CPython of that version will do."""
     root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
     found = sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin")))
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([*found, env.get("PATH", "")])
+    missing = [
+        v for v in pythons or nox_pythons() if not shutil.which(f"python{v}", path=env["PATH"])
+    ]
+    if missing and provider.is_file():
+        links.mkdir(parents=True, exist_ok=True)
+        for version in missing:
+            print(
+                f"dev.py: no python{version} on PATH or in pyenv: {provider} {version}", flush=True
+            )
+            made = subprocess.run(
+                ["bash", str(provider), version], capture_output=True, text=True, check=False
+            )
+            if made.returncode:
+                # nox then reports the interpreter missing, for that version's sessions only.
+                print(f"dev.py: {provider} {version} failed: {made.stderr.strip()}", flush=True)
+                continue
+            # Made aside and renamed into place: the torch builder and the matrix may
+            # both be here at once.
+            aside = links / f".python{version}.{os.getpid()}"
+            aside.unlink(missing_ok=True)
+            aside.symlink_to(made.stdout.strip().splitlines()[-1])
+            os.replace(aside, links / f"python{version}")
+        env["PATH"] = os.pathsep.join([str(links), env["PATH"]])
     return env
 
 
@@ -108,14 +158,23 @@ def start_torch_builds() -> subprocess.Popen[bytes] | None:
         return None
     print(f"dev.py: nox --sessions torch (in the background, log in {TORCH_LOG})", flush=True)
     with lock, TORCH_LOG.open("w") as log:
+        # The builder finds its interpreters itself: making one (debian-python) takes
+        # a minute or more that the caller need not wait for.
         return subprocess.Popen(
-            [str(VENV / "bin" / "nox"), "--sessions", "torch"],
+            [sys.executable, str(ROOT / "dev.py"), "torch-builds"],
             cwd=ROOT,
-            env=interpreters_on_path(),
             stdout=log,
             stderr=subprocess.STDOUT,
             pass_fds=(lock.fileno(),),
         )
+
+
+def torch_builds(args: list[str]) -> int:
+    """(Started by :func:`start_torch_builds`.)  Build the torch environments, once
+    every Python of the matrix is on PATH; the builder's lock stays held through
+    the exec."""
+    nox = str(VENV / "bin" / "nox")
+    os.execve(nox, [nox, "--sessions", "torch", *args], interpreters_on_path())
 
 
 def matrix(args: list[str]) -> int:
@@ -141,7 +200,7 @@ def mutants(args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"test": test, "matrix": matrix, "mutants": mutants}
+    commands = {"test": test, "matrix": matrix, "mutants": mutants, "torch-builds": torch_builds}
     if not argv or argv[0] not in ("check", *commands):
         print(__doc__.strip(), file=sys.stderr)
         return 2

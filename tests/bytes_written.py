@@ -1,5 +1,5 @@
 """What one interpreter writes for each object the suite knows, along pickle
-protocols 2-5, ``torch.save`` and dill: ``python bytes_written.py`` prints JSON
+protocols 2-5 and its default, ``torch.save`` and dill: ``python bytes_written.py`` prints JSON
 ``{"object / path": digest or "cannot write: error"}``.
 
 The tests run it twice, with the fix off (stock pyro) and on, and compare.  Each
@@ -38,7 +38,7 @@ from pyro_pickle_fix.diagnostics import tutorial
 class _Pickler(pickle.Pickler):
     """pickle, but each storage is a numbered persistent id and its bytes are digested."""
 
-    def __init__(self, file: io.BytesIO, protocol: int) -> None:
+    def __init__(self, file: io.BytesIO, protocol: int | None) -> None:
         super().__init__(file, protocol)
         self.storages: dict[int, int] = {}
         self.digest = hashlib.sha256()
@@ -91,7 +91,7 @@ def canonical(data: bytes) -> str:
     return digest.hexdigest()
 
 
-def _pickled(protocol: int) -> Callable[[Any], str]:
+def _pickled(protocol: int | None) -> Callable[[Any], str]:
     def write(obj: Any) -> str:
         buffer = io.BytesIO()
         pickler = _Pickler(buffer, protocol)
@@ -136,6 +136,8 @@ def _dilled(obj: Any) -> str:
 
 PATHS: dict[str, Callable[[Any], str]] = {
     **{f"pickle{p}": _pickled(p) for p in range(2, 6)},
+    # pickle.dumps(obj), as most users call it: protocol 4 up to Python 3.13, 5 from 3.14.
+    "pickle, default protocol": _pickled(None),
     "torch.save": _torch_saved,
     "dill": _dilled,
 }

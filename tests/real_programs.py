@@ -17,7 +17,6 @@ import io
 import json
 import pickle
 import sys
-import traceback
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -36,6 +35,7 @@ from pyro.nn import PyroSample
 from pyro.optim import Adam
 
 import pyro_pickle_fix  # noqa: F401  (PYRO_PICKLE_FIX=0 leaves the interpreter stock)
+from pyro_pickle_fix.diagnostics import audit
 from pyro_pickle_fix.diagnostics.snapshot import Snapshot
 
 SEED = 0
@@ -59,8 +59,7 @@ PATHS: dict[str, Callable[[Any], Any]] = {
 
 
 def error_line(error: BaseException) -> str:
-    line = traceback.format_exception_only(type(error), error)[-1].strip().splitlines()[0]
-    return line[:300]
+    return audit.error_line(error)[:300]
 
 
 class Saver:

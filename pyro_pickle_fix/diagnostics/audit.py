@@ -74,9 +74,12 @@ _NEEDS = {"cloudpickle": "cloudpickle"}
 
 
 def error_line(error: BaseException) -> str:
-    """``Type: message``, as the last line of a traceback says it (its first line,
-    where the message has several)."""
-    return traceback.format_exception_only(type(error), error)[-1].strip().splitlines()[0]
+    """``Type: message``, as a traceback says it (the message's first line, where it
+    has several), without the notes that follow it there: from Python 3.14 on, pickle
+    adds one note per object on the way to what it could not save."""
+    described = traceback.TracebackException(type(error), error, None)
+    described.__notes__ = None  # documented (3.11+): None formats no notes
+    return list(described.format_exception_only())[-1].strip().splitlines()[0]
 
 
 class AuditRow:
