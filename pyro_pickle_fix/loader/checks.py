@@ -87,6 +87,8 @@ class Check:
         #: _Cat and _Stack constraints within it): all its tensors, or those outside them
         self.tensor_shapes: dict[int, Within] = {}
         self.direct_shapes: dict[int, Within] = {}
+        #: (constraint id, shape) -> the elements it makes beyond the shape's own
+        self.excesses: dict[tuple[int, tuple[int, ...]], int] = {}
         self.work = 0  # steps of the broadcast check, all constraints together
 
     def refuse(self, where: Where, what: str, fix: str = "") -> NoReturn:
@@ -251,7 +253,7 @@ class Check:
         _, tensors_held, shapes, _ = self.tensors_within(constraint, where, whole=True)
         if not shapes:
             return
-        made = _numel(shape) + self.excess(constraint, shape, {}, where)
+        made = _numel(shape) + self.excess(constraint, shape, where)
         held = _numel(shape) + tensors_held
         if made > held:
             listed = ", ".join(dims(each) for each in shapes[:4])
@@ -263,17 +265,12 @@ class Check:
                 "in the file (each with the part of the parameter it constrains)",
             )
 
-    def excess(
-        self,
-        constraint: Any,
-        shape: tuple[int, ...],
-        known: dict[tuple[int, tuple[int, ...]], int],
-        where: Where,
-    ) -> int:
+    def excess(self, constraint: Any, shape: tuple[int, ...], where: Where) -> int:
         """The elements that checking (or transforming) a value of ``shape`` with
         ``constraint`` makes beyond ``shape``'s own, by broadcasting it with the
         constraint's tensors; each (constraint, shape) pair counted once."""
         key = (id(constraint), shape)
+        known = self.excesses
         if key in known:
             return known[key]
         self.count_work(1 + len(shape), where)
@@ -281,11 +278,11 @@ class Check:
         if parts is not None:
             if isinstance(parts, str):
                 self.refuse(where, f"has a {constraint.cls.__qualname__} that {parts}")
-            found = sum(self.excess(part, sliced, known, where) for part, sliced in parts)
+            found = sum(self.excess(part, sliced, where) for part, sliced in parts)
         else:
             tail, _, shapes, nested = self.tensors_within(constraint, where, whole=False)
             found = _numel(_broadcast(shape, tail)) - _numel(shape) if shapes else 0
-            found += sum(self.excess(inner, shape, known, where) for inner in nested)
+            found += sum(self.excess(inner, shape, where) for inner in nested)
         known[key] = found
         return found
 
