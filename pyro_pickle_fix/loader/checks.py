@@ -7,7 +7,7 @@ is along every path, within the limits below."""
 from __future__ import annotations
 
 from .messages import describe, dims, first_keys, refuse, render, short, type_name
-from .records import SCALARS, Hooks, Object, Storage, Tensor, itemsize
+from .records import SCALARS, Counter, Hooks, Object, Storage, Tensor, itemsize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -92,6 +92,9 @@ class Check:
             children = []
         elif kind is Object:
             children = [(item, (where, ".", name)) for name, item in self.state(value, where)]
+        elif kind is Counter:
+            self.counter(value, where)
+            children = [(count, (where, "[", name)) for name, count in value.counts.items()]
         else:
             self.refuse(where, f"is {describe(value)}")
         self.open.add(key)
@@ -115,10 +118,12 @@ class Check:
         """Checks the tensor against its data; its bytes."""
         args = tensor.args
         if tensor.parameter:
-            if not (len(args) == 3 and type(args[0]) is Tensor and not args[0].parameter):
+            if not (len(args) in (3, 4) and type(args[0]) is Tensor and not args[0].parameter):
                 self.refuse(where, "is a Parameter that does not wrap a tensor")
             if type(args[1]) is not bool or type(args[2]) is not Hooks:
                 self.refuse(where, "is a Parameter with hooks or no requires_grad flag")
+            if len(args) == 4:
+                self.parameter_attributes(args[3], where)
             return self.tensor(args[0], where)
         if len(args) not in (6, 7):
             self.refuse(where, f"is a tensor rebuilt from {len(args)} arguments")
@@ -139,13 +144,14 @@ class Check:
             )
         numel, last, across = 1, offset, 1
         for extent, step in zip(size, stride, strict=True):
-            if extent < 0 or step < 0 or (step == 0 and extent > 1):
+            # Stride 0 (an .expand()ed view: a bound of a site in a plate) is as torch
+            # writes it; what it may cost is bounded where it is used: by its
+            # parameter (Check.fits) and by the file's size (REFERENCED).
+            if extent < 0 or step < 0:
                 self.refuse(
                     where,
-                    f"is a tensor of size {dims(size)} and stride {dims(stride)}: it repeats "
-                    "its data (stride 0, as .expand() makes), and every operation on it costs "
-                    "as if the file held all of it",
-                    fix="If you saved an expanded tensor yourself, save .clone() of it.",
+                    f"is a tensor of size {dims(size)} and stride {dims(stride)}, which no "
+                    "tensor has",
                 )
             numel *= extent
             across *= max(extent, 1)
@@ -158,7 +164,7 @@ class Check:
                 f"{across} elements, more than the file's {self.length} bytes (a constraint's "
                 "transform or torch can make a tensor of that many elements from it)",
             )
-        if numel and (last >= held or numel > held):
+        if numel and (last >= held or _paid(tensor) > held):
             self.refuse(
                 where,
                 f"is a tensor of size {dims(size)} (stride {dims(stride)}, offset {offset}) "
@@ -167,6 +173,39 @@ class Check:
         if not numel and offset > held:
             self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
         return int(numel * itemsize(storage.dtype))
+
+    def parameter_attributes(self, state: Any, where: Where) -> None:
+        """What ``_rebuild_parameter_with_state`` sets on a Parameter (a user's
+        ``param.name = value``): plain Python values under names that the
+        Parameter class does not define (no property, method or slot of torch's)."""
+        if state is None:
+            return
+        if type(state) is not dict or len(state) > MAX_ENTRY_NODES:
+            self.refuse(where, f"is a Parameter whose attributes are {describe(state)}")
+        import inspect
+
+        import torch
+
+        for name, value in state.items():
+            defined = type(name) is str and (
+                name.startswith("__")
+                or inspect.getattr_static(torch.nn.Parameter, name, None) is not None
+            )
+            if type(name) is not str or defined or type(value) not in SCALARS:
+                self.refuse(
+                    where,
+                    f"is a Parameter with the attribute {short(name)} = {short(value)} (only "
+                    "a name torch.nn.Parameter does not define, with a Python scalar, loads)",
+                )
+
+    def counter(self, counter: Counter, where: Where) -> None:
+        """A ``collections.Counter``: names or indices, each counted by an int."""
+        for name, count in counter.counts.items():
+            if type(name) not in (str, int) or type(count) is not int:
+                self.refuse(
+                    where,
+                    f"is a collections.Counter that counts {short(name)} as {short(count)}",
+                )
 
     def state(self, obj: Object, where: Where) -> list[tuple[str, Any]]:
         """A constraint's attributes: only names its class's constructor sets, none
@@ -186,13 +225,17 @@ class Check:
                 )
         return list(state.items())
 
-    def fits(self, constraint: Any, param: Tensor, where: Where) -> None:
+    def fits(self, constraint: Any, param: Tensor | None, where: Where) -> None:
         """No tensor of the constraint broadcasts past its parameter: the smallest
         shape that holds them all and the parameter holds no more elements than the
         parameter and those tensors themselves do.  Each distinct constraint is
         looked into once (its tensors' hull, what they hold), and all of that work
-        counts against :data:`MAX_FITS_WORK`; then each parameter costs its rank."""
-        shape = _shape(param)
+        counts against :data:`MAX_FITS_WORK`; then each parameter costs its rank.
+        Each tensor counts the elements its data holds (an expanded one, those it
+        repeats); a constraint without its parameter (``param`` None: pyro's
+        ``setdefault`` keeps the constraint of a ``pyro.param`` whose initial value
+        raised) is held against a scalar."""
+        shape = _shape(param) if param is not None else ()
         key = id(constraint)
         known = self.tensor_shapes.get(key)
         if known is None:
@@ -205,7 +248,7 @@ class Check:
         for each in (shape, tail):
             for axis, extent in enumerate(each, rank - len(each)):
                 hull[axis] = max(hull[axis], extent)
-        held = _numel(shape) + tensors_held
+        held = (_paid(param) if param is not None else 1) + tensors_held
         if _numel(tuple(hull)) > held:
             listed = ", ".join(dims(each) for each in shapes[:4])
             more = f" and {len(shapes) - 4} more" if len(shapes) > 4 else ""
@@ -235,7 +278,7 @@ class Check:
                 shape = _shape(item)
                 self.work += len(shape)
                 found.append(shape)
-                held += _numel(shape)
+                held += _paid(item)
                 if len(shape) > len(hull):
                     hull[:0] = [1] * (len(shape) - len(hull))
                 start = len(hull) - len(shape)
@@ -259,6 +302,16 @@ class Check:
 def _shape(tensor: Tensor) -> tuple[int, ...]:
     args = tensor.args[0].args if tensor.parameter else tensor.args
     return tuple(args[2])
+
+
+def _paid(tensor: Tensor) -> int:
+    """The elements of the file's data that a tensor holds: an expanded (stride 0)
+    axis repeats them, and adds none."""
+    args = tensor.args[0].args if tensor.parameter else tensor.args
+    paid = 1
+    for extent, step in zip(args[2], args[3], strict=True):
+        paid *= extent if step or not extent else 1
+    return paid
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -308,23 +361,30 @@ def check_store(check: Check, state: Any) -> None:
         if type(param) is not Tensor:
             check.refuse(("params", "[", name), f"is {describe(param)}")
     for name, constraint in constraints.items():
-        where: Where = ("constraints", "[", name)
         if type(constraint) is not Object:
-            check.refuse(where, f"is {describe(constraint)}")
-        if name not in params:
-            check.refuse(where, "constrains a parameter the file does not hold")
-    total = check.entries(params, "params", 1) + check.entries(constraints, "constraints", 1)
+            check.refuse(("constraints", "[", name), f"is {describe(constraint)}")
+    for name in params:
+        if name not in constraints:
+            check.refuse(
+                ("params", "[", name),
+                "has no constraint (pyro writes one for every parameter, constraints.real "
+                "for one declared without)",
+            )
+    total = check.entries(params, "params", 1)
+    if check.referenced > REFERENCED * check.length:
+        check.refuse(
+            "params",
+            f"hold {check.referenced} bytes of tensors (expanded ones and shared references "
+            f"counted as the copies an operation on them makes), more than {REFERENCED} "
+            f"times the file's {check.length} bytes",
+        )
+    total += check.entries(constraints, "constraints", 1)
     if total > MAX_NODES:
         check.refuse("", f"holds more than {MAX_NODES} objects")
-    if len(constraints) != len(params):  # every constraint's parameter is in params
-        name = next(name for name in params if name not in constraints)
-        check.refuse(
-            ("params", "[", name),
-            "has no constraint (pyro writes one for every parameter, constraints.real "
-            "for one declared without)",
-        )
     for name, constraint in constraints.items():
-        check.fits(constraint, params[name], ("constraints", "[", name))
+        # A constraint may outlive its parameter in a file pyro writes: pyro.param
+        # sets it before the initial value, which may raise (pyro never uses it).
+        check.fits(constraint, params.get(name), ("constraints", "[", name))
 
 
 def check_optim(check: Check, state: Any) -> None:

@@ -10,7 +10,7 @@ import re
 import struct
 
 from .messages import describe, refuse, refuse_global, short, type_name
-from .records import KEYS, Global, Hooks, Object, Storage, Tensor, itemsize
+from .records import KEYS, Counter, Global, Hooks, Object, Storage, Tensor, itemsize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ _STORAGE_TYPES = {
     "ComplexDoubleStorage": "complex128",
     "ComplexFloatStorage": "complex64",
 }
+#: torch's rebuilds of a dense tensor, a Parameter, and a Parameter that carries
+#: Python attributes (``param.name = value``: torch saves its ``__dict__``).
+_REBUILDS = ("_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state")
 _LOCATION = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,4})?")
 
 
@@ -66,10 +69,12 @@ class Unpickler:
 
     def find_class(self, module: str, name: str) -> Global:
         dotted = f"{module}.{name}"
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+        if module == "torch._utils" and name in _REBUILDS:
             return Global(dotted, name)
         if dotted == "collections.OrderedDict":
             return Global(dotted, "hooks")
+        if dotted == "collections.Counter" and not self.kind.constraints:
+            return Global(dotted, "counter")  # a scheduler's milestones (MultiStepLR)
         if module == "torch" and name in _STORAGE_TYPES:
             import torch
 
@@ -121,10 +126,12 @@ class Unpickler:
     def reduce(self, func: Any, args: Any) -> Any:
         if not isinstance(func, Global) or type(args) is not tuple:
             self.refuse(f"calls {type_name(func)} (REDUCE of something that is not a function)")
-        if func.role in ("_rebuild_tensor_v2", "_rebuild_parameter"):
-            return Tensor(args, func.role == "_rebuild_parameter")
+        if func.role in _REBUILDS:
+            return Tensor(args, func.role != "_rebuild_tensor_v2")
         if func.role == "hooks" and args == ():
             return Hooks()
+        if func.role == "counter" and len(args) == 1 and type(args[0]) is dict:
+            return Counter(args[0])
         self.refuse(f"calls {func.name} with {len(args)} arguments, which torch.save never writes")
 
     def load(self) -> Any:
