@@ -11,7 +11,7 @@ import sys
 import zipfile
 
 from ..errors import UntrustedContentError
-from .messages import escaped, refuse
+from .messages import damaged, escaped, refuse
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,16 +61,24 @@ class Archive:
                 f"is an archive of {found[4]} records, more than {MAX_RECORDS} (torch.save "
                 "writes one a storage and a few more)",
             )
+        if found is None:
+            self._not_a_zip()
         try:
             with zipfile.ZipFile(file) as archive:
                 infos = archive.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as error:
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            ValueError,
+            OSError,
+            NotImplementedError,  # a zip version beyond what zipfile reads
+        ) as error:
             raise self._untrusted(
-                "",
-                "is not a zip archive as torch.save writes one (it may be torch's legacy "
-                "format, torch.save(..., _use_new_zipfile_serialization=False))",
+                "", f"has a zip directory that does not hold together ({error})"
             ) from error
         pickles = [info.filename for info in infos if info.filename.endswith("/data.pkl")]
+        if not pickles:
+            self.damaged("", "is a zip archive that torch.save did not write: it holds no data.pkl")
         if len(pickles) != 1 or pickles[0].count("/") != 1:
             self.refuse("", "is not an archive of one torch.save() state (one */data.pkl)")
         self.prefix = pickles[0][: -len("data.pkl")]
@@ -110,7 +118,38 @@ class Archive:
                 "loads files saved on a machine of the same byte order only)",
             )
 
+    def _not_a_zip(self) -> NoReturn:
+        """Why a file without a zip end record is not one torch.save wrote whole."""
+        self.file.seek(0)
+        start = self.file.read(8)
+        if not start:
+            self.damaged("", "is empty (0 bytes)")
+        if start.startswith(b"PK\x03\x04"):
+            self.damaged(
+                "archive",
+                f"is cut short: it begins as torch.save's zip archive, but its end (the zip's "
+                f"central directory, which lists its records) is missing from its "
+                f"{self.length} bytes",
+            )
+        if start.startswith(b"\x80"):  # a pickle: torch's legacy format
+            self.refuse(
+                "",
+                "is in torch's legacy format (torch.save(..., "
+                "_use_new_zipfile_serialization=False)), which this load does not read",
+            )
+        self.damaged(
+            "",
+            f"is not a file torch.save writes (it starts {start!r}, neither a zip archive "
+            "nor torch's legacy format)",
+        )
+
     def _data_start(self, info: zipfile.ZipInfo) -> int:
+        if not 0 <= info.header_offset <= self.length - _LOCAL_HEADER.size:
+            self.refuse(
+                info.filename,
+                f"has its local header at {info.header_offset}, outside the file's "
+                f"{self.length} bytes",
+            )
         self.file.seek(info.header_offset)
         header = self.file.read(_LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size:
@@ -137,7 +176,7 @@ class Archive:
         start, size = self.records[name]
         self.file.seek(start)
         if size and self.file.readinto(buffer) != size:
-            self.refuse(name, "is cut short")
+            self.damaged(name, "is cut short (the file changed while it was read)")
 
     def _untrusted(self, where: str, what: str) -> UntrustedContentError:
         try:
@@ -147,3 +186,6 @@ class Archive:
 
     def refuse(self, where: str, what: str) -> NoReturn:
         refuse(self.filename, self.kind, escaped(where), what)
+
+    def damaged(self, where: str, what: str) -> NoReturn:
+        damaged(self.filename, self.kind, escaped(where), what)

@@ -6,7 +6,19 @@ is along every path, within the limits below."""
 
 from __future__ import annotations
 
-from .messages import describe, dims, first_keys, refuse, render, short, type_name
+from .messages import (
+    LOOKS,
+    OPTIM,
+    STORE,
+    describe,
+    dims,
+    first_keys,
+    other_kind,
+    refuse,
+    render,
+    short,
+    type_name,
+)
 from .records import SCALARS, Counter, Hooks, Object, Storage, Tensor, itemsize
 
 TYPE_CHECKING = False
@@ -347,6 +359,8 @@ def _is_descriptor(cls: type, name: str) -> bool:
 def check_store(check: Check, state: Any) -> None:
     """``{"params": {name: tensor}, "constraints": {name: constraint}}``, as
     ``ParamStoreDict.get_state()`` makes it."""
+    if type(state) is dict and state and all(_is_optimizer_state(item) for item in state.values()):
+        other_kind(check.filename, check.kind, LOOKS["optim"], f"Load it with {OPTIM.reader}.")
     if type(state) is not dict or set(state) != {"params", "constraints"}:
         keys = f" with keys {first_keys(state)}" if type(state) is dict else ""
         check.refuse(
@@ -387,11 +401,21 @@ def check_store(check: Check, state: Any) -> None:
         check.fits(constraint, params.get(name), ("constraints", "[", name))
 
 
+def _is_optimizer_state(value: Any) -> bool:
+    """An optimizer's or a scheduler's entry of an optimizer file, by its keys."""
+    return type(value) is dict and set(value) in (
+        {"state", "param_groups"},
+        {"scheduler", "optimizer"},
+    )
+
+
 def check_optim(check: Check, state: Any) -> None:
     """``{param name: optimizer or scheduler state_dict()}``, as
     ``PyroOptim.get_state()`` makes it."""
     if type(state) is not dict:
         check.refuse("", f"is {describe(state)}, not a dict of parameter names")
+    if set(state) == {"params", "constraints"}:
+        other_kind(check.filename, check.kind, LOOKS["store"], f"Load it with {STORE.reader}.")
     for name, value in state.items():
         if type(value) is not dict:
             check.refuse(("state", "[", name), f"is {describe(value)}, not a state_dict()")

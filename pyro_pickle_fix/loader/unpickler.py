@@ -9,7 +9,18 @@ from __future__ import annotations
 import re
 import struct
 
-from .messages import describe, refuse, refuse_global, short, type_name
+from .allowed import ALLOWED
+from .messages import (
+    LOOKS,
+    STORE,
+    describe,
+    other_kind,
+    refuse,
+    refuse_global,
+    short,
+    top_object,
+    type_name,
+)
 from .records import KEYS, Counter, Global, Hooks, Object, Storage, Tensor, itemsize
 
 TYPE_CHECKING = False
@@ -82,6 +93,10 @@ class Unpickler:
         cls = self.allowed.get(dotted) if self.kind.constraints else None
         if cls is not None:
             return Global(dotted, "class", cls)
+        if not self.kind.constraints and dotted in ALLOWED:  # a constraint of pyro's
+            other_kind(
+                self.archive.filename, self.kind, LOOKS["store"], f"Load it with {STORE.reader}."
+            )
         refuse_global(self.archive.filename, self.kind, dotted, self.allowed)
 
     def persistent_load(self, pid: Any) -> Storage:
@@ -247,6 +262,8 @@ class Unpickler:
                         self.refuse("ends inside a global's name")
                     module = str(data[pos:newline], "utf-8")
                     name = str(data[newline + 1 : second], "utf-8")
+                    if pos == 3:  # the pickle's top object: is it a file of another kind?
+                        top_object(self.archive.filename, self.kind, f"{module}.{name}")
                     pos = second + 1
                     self.made()
                     stack.append(self.find_class(module, name))
