@@ -174,7 +174,8 @@ def test_no_message_names_a_class_of_the_loaders_own(tmp_path):
 def _crafted(tmp_path: Path, change) -> Path:
     stored, _, _ = _trained(tmp_path)
     raw = stored.read_bytes()
-    name = zipfile.ZipFile(stored).infolist()[0].filename
+    with zipfile.ZipFile(stored) as archive:
+        name = archive.infolist()[0].filename
     path = tmp_path / "crafted.pt"
     path.write_bytes(_with_central_entry(raw, name, change))
     return path
