@@ -34,6 +34,18 @@ from corpus import (
     schedulers_pyro_wraps,
 )
 from pyro.infer import autoguide
+from test_loading import (
+    REAL,
+    Call,
+    G,
+    New,
+    _refused_optim,
+    _refused_store,
+    floats,
+    store,
+    tensor,
+    write_file,
+)
 
 import pyro_pickle_fix
 from pyro_pickle_fix import loader
@@ -199,3 +211,61 @@ def test_every_constraint_class_is_in_some_file(corpus):
     missing = allowed - found - set(never)
     assert not missing, missing
     assert set(loader.ALLOWED) >= found
+
+
+# ---------------------------------------------------------------------------
+# What the shapes above accept, and no more: each crafted neighbour is refused.
+
+
+def _param_with(state: object) -> object:
+    hooks = Call(G("collections.OrderedDict"), ())
+    return Call(
+        G("torch._utils._rebuild_parameter_with_state"),
+        (tensor("0", 2, (2,)), True, hooks, state),
+    )
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"data": 1.0},  # a property of torch's: setattr would run its setter
+        {"requires_grad": False},
+        {"__class__": 1},
+        {"_no_weight_decay": [True]},  # not a Python scalar
+        ({"a": 1}, {"b": 2}),  # slots: a Parameter has none
+    ],
+    ids=["data", "requires_grad", "dunder", "a list", "slots"],
+)
+def test_a_parameters_attribute_that_is_not_a_plain_scalar_is_refused(tmp_path, state):
+    state_ = store({"x": _param_with(state)}, {"x": REAL})
+    path = write_file(tmp_path / "p.pt", state_, {"0": floats(1, 2)})
+    refused = _refused_store(path, pyro_pickle_fix.UntrustedContentError)
+    assert "params['x'] is a Parameter" in str(refused), refused
+
+
+@pytest.mark.parametrize(
+    ("counts", "why"),
+    [
+        ({1: 1.5}, "is a collections.Counter that counts 1 as 1.5"),
+        ({1: "x"}, "is a collections.Counter that counts 1 as 'x'"),
+        ({0.5: 1}, "has a dict key of type builtins.float"),
+    ],
+)
+def test_a_counter_of_anything_but_int_counts_is_refused(tmp_path, counts, why):
+    counter = Call(G("collections.Counter"), (counts,))
+    state = {"x": {"scheduler": {"milestones": counter}, "optimizer": {}}}
+    path = write_file(tmp_path / "o.pt", state)
+    refused = _refused_optim(path, pyro_pickle_fix.UntrustedContentError)
+    assert why in str(refused), refused
+
+
+def test_an_expanded_bound_past_its_parameter_is_refused(tmp_path):
+    bound = tensor("1", 1, (10**6,), (0,))
+    positive = New(G("torch.distributions.constraints._GreaterThan"), {"lower_bound": bound})
+    path = write_file(
+        tmp_path / "s.pt",
+        store({"x": tensor("0", 1, (1,))}, {"x": positive}),
+        {"0": floats(1), "1": floats(0)},
+    )
+    refused = _refused_store(path, pyro_pickle_fix.UntrustedContentError)
+    assert "broadcast together they make 1000000 elements from 2" in str(refused), refused
