@@ -201,3 +201,11 @@ def test_the_damaged_file_error_is_exported():
     assert pyro_pickle_fix.DamagedFileError is DamagedFileError
     assert issubclass(DamagedFileError, pickle.UnpicklingError)
     assert "DamagedFileError" in pyro_pickle_fix.__all__
+
+
+def test_a_damaged_file_error_chains_zipfiles(tmp_path):
+    stored, _, _ = _trained(tmp_path)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(stored.read_bytes()[:-1])
+    refused = _refused("store", cut, DamagedFileError)
+    assert isinstance(refused.__cause__, zipfile.BadZipFile), refused.__cause__

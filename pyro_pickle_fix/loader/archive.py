@@ -5,6 +5,7 @@ place of its own inside the file, at most :data:`MAX_RECORDS` of them."""
 from __future__ import annotations
 
 import itertools
+import pickle
 import re
 import struct
 import sys
@@ -61,8 +62,6 @@ class Archive:
                 f"is an archive of {found[4]} records, more than {MAX_RECORDS} (torch.save "
                 "writes one a storage and a few more)",
             )
-        if found is None:
-            self._not_a_zip()
         try:
             with zipfile.ZipFile(file) as archive:
                 infos = archive.infolist()
@@ -73,6 +72,11 @@ class Archive:
             OSError,
             NotImplementedError,  # a zip version beyond what zipfile reads
         ) as error:
+            if found is None:  # no end record: cut short, or not a zip at all
+                try:
+                    self._not_a_zip()
+                except pickle.UnpicklingError as why:
+                    raise why from error
             raise self._untrusted(
                 "", f"has a zip directory that does not hold together ({error})"
             ) from error
