@@ -248,14 +248,15 @@ def _store_of_guide(make: Callable[[], Any], model: Any, *args: Any) -> Writer:
     return write
 
 
+#: How each AutoGuide is made over a model (the class alone, unless told here).
 _AUTOGUIDES: dict[str, Callable[[Any], Any]] = {
-    "AutoDelta": ag.AutoDelta,
-    "AutoNormal": ag.AutoNormal,
-    "AutoDiagonalNormal": ag.AutoDiagonalNormal,
-    "AutoMultivariateNormal": ag.AutoMultivariateNormal,
-    "AutoLowRankMultivariateNormal": functools.partial(ag.AutoLowRankMultivariateNormal, rank=2),
-    "AutoLaplaceApproximation": ag.AutoLaplaceApproximation,
-    "AutoIAFNormal": functools.partial(ag.AutoIAFNormal, hidden_dim=[8], num_transforms=2),
+    "AutoDelta": lambda model: ag.AutoDelta(model),
+    "AutoNormal": lambda model: ag.AutoNormal(model),
+    "AutoDiagonalNormal": lambda model: ag.AutoDiagonalNormal(model),
+    "AutoMultivariateNormal": lambda model: ag.AutoMultivariateNormal(model),
+    "AutoLowRankMultivariateNormal": lambda model: ag.AutoLowRankMultivariateNormal(model, rank=2),
+    "AutoLaplaceApproximation": lambda model: ag.AutoLaplaceApproximation(model),
+    "AutoIAFNormal": lambda model: ag.AutoIAFNormal(model, hidden_dim=[8], num_transforms=2),
     "AutoNormalizingFlow": lambda model: ag.AutoNormalizingFlow(
         model, functools.partial(dist.transforms.iterated, 2, dist.transforms.planar)
     ),
@@ -264,10 +265,10 @@ _AUTOGUIDES: dict[str, Callable[[Any], Any]] = {
         conditionals={"rate": "delta", "loc": "normal", "scale": "mvn"},
         dependencies={"loc": {"rate": "linear"}},
     ),
-    "AutoGaussian": ag.AutoGaussian,
-    "AutoNormalMessenger": ag.AutoNormalMessenger,
-    "AutoHierarchicalNormalMessenger": ag.AutoHierarchicalNormalMessenger,
-    "AutoRegressiveMessenger": ag.AutoRegressiveMessenger,
+    "AutoGaussian": lambda model: ag.AutoGaussian(model),
+    "AutoNormalMessenger": lambda model: ag.AutoNormalMessenger(model),
+    "AutoHierarchicalNormalMessenger": lambda model: ag.AutoHierarchicalNormalMessenger(model),
+    "AutoRegressiveMessenger": lambda model: ag.AutoRegressiveMessenger(model),
     "AutoGuideList": lambda model: _guide_list(model),
     "AutoCallable": lambda model: ag.AutoCallable(model, _callable_guide),
 }
@@ -298,6 +299,8 @@ def _guide_list(model: Any) -> Any:
 
 
 for _name, _make in _AUTOGUIDES.items():
+    if not hasattr(ag, _name):  # an older pyro-ppl
+        continue
     _store(f"autoguide-{_name}")(
         _store_of_guide(functools.partial(_make, small_model), small_model, DATA)
     )
@@ -324,6 +327,8 @@ def _within(site: dict[str, Any]) -> torch.Tensor:
 
 
 for _dist in DISTRIBUTIONS:
+    if not hasattr(dist, _dist):  # an older pyro-ppl
+        continue
     # AutoDelta keeps each site's support as its parameter's constraint.
     # ImproperUniform cannot be sampled: its users start from a point within.
     _init_loc = _within if _dist == "ImproperUniform" else ag.init_to_median
@@ -602,7 +607,6 @@ def _half(path: Path) -> None:
     optim.save(str(path))
 
 
-@_optim("optimizer-Muon")
 def _muon(path: Path) -> None:
     pyro.param("matrix", torch.randn(3, 4))
     store = pyro.get_param_store()
@@ -613,6 +617,10 @@ def _muon(path: Path) -> None:
         optim(params)
         params[0].grad = None
     optim.save(str(path))
+
+
+if hasattr(pyro.optim, "Muon"):  # torch 2.9+
+    _optim("optimizer-Muon")(_muon)
 
 
 def _scheduler_steps(name: str) -> Callable[[Any, float], None]:
