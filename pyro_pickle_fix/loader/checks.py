@@ -359,7 +359,7 @@ def _is_descriptor(cls: type, name: str) -> bool:
 def check_store(check: Check, state: Any) -> None:
     """``{"params": {name: tensor}, "constraints": {name: constraint}}``, as
     ``ParamStoreDict.get_state()`` makes it."""
-    if type(state) is dict and state and all(_is_optimizer_state(item) for item in state.values()):
+    if _is_optimizer_file(state):
         other_kind(check.filename, check.kind, LOOKS["optim"], f"Load it with {OPTIM.reader}.")
     if type(state) is not dict or set(state) != {"params", "constraints"}:
         keys = f" with keys {first_keys(state)}" if type(state) is dict else ""
@@ -399,6 +399,17 @@ def check_store(check: Check, state: Any) -> None:
         # A constraint may outlive its parameter in a file pyro writes: pyro.param
         # sets it before the initial value, which may raise (pyro never uses it).
         check.fits(constraint, params.get(name), ("constraints", "[", name))
+
+
+def _is_optimizer_file(state: Any) -> bool:
+    """A state as ``PyroOptim.get_state()`` makes it (a plain loop: an interrupt
+    leaves no generator to close)."""
+    if type(state) is not dict or not state:
+        return False
+    for value in state.values():  # noqa: SIM110 (no generator: see above)
+        if not _is_optimizer_state(value):
+            return False
+    return True
 
 
 def _is_optimizer_state(value: Any) -> bool:
