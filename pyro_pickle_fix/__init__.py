@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ._engine import Status, TargetStatus, is_patched, patch, status, unpatch
     from .diagnostics.audit import AuditReport, audit
     from .errors import (
+        DamagedFileError,
         DeadReferenceError,
         PyroPickleFixWarning,
         UntrustedContentError,
@@ -28,6 +29,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AuditReport",
+    "DamagedFileError",
     "DaskWorkerPlugin",
     "DeadReferenceError",
     "PyroPickleFixWarning",
@@ -48,6 +50,7 @@ _API = {
     "AuditReport": "diagnostics.audit",
     "audit": "diagnostics.audit",
     "DaskWorkerPlugin": "integrations.dask_worker",
+    "DamagedFileError": "errors",
     "DeadReferenceError": "errors",
     "PyroPickleFixWarning": "errors",
     "UntrustedContentError": "errors",

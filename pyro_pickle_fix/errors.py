@@ -42,6 +42,17 @@ class UntrustedContentError(pickle.UnpicklingError):
         self.where = where
 
 
+class DamagedFileError(pickle.UnpicklingError):
+    """A file given to pyro's load is not whole, or not a file ``torch.save``
+    writes: cut short, empty, or of another format.  It was not loaded, and nothing
+    was changed; no other way of loading it can help: save it again."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        #: What is missing or damaged, e.g. ``archive`` (its central directory).
+        self.where = where
+
+
 class InstallError(Exception):
     """Start-up activation could not be changed; the message says what to do."""
 

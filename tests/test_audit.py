@@ -267,6 +267,8 @@ def test_an_object_without_a_call_is_not_exercised_and_never_said_to_work(user_p
     found = json.loads(cli(user_path, "user_guides:make_guide_alone", "--json").stdout)
     assert found["with_fix"]["exercised"] is False and found["with_fix"]["clean"] is True
     assert "not exercised" in str(AuditReport.from_dict(found["with_fix"]))
+
+
 @pytest.mark.parametrize("source", ["raise ValueError('bad value\\nsecond line')", "x = ("])
 def test_an_error_line_is_the_errors_own_line_without_its_notes(source):
     # pickle adds notes from Python 3.14 on ("when serializing dict item 'note'");

@@ -10,7 +10,7 @@ import struct
 import sys
 
 from ..errors import UntrustedContentError
-from .messages import escaped, refuse
+from .messages import damaged, escaped, refuse
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,6 +77,8 @@ class Archive:
                 "", f"could not be read as a zip archive ({type(error).__name__}: {error})"
             ) from error
         pickles = [name for name, *_ in directory if name.endswith("/data.pkl")]
+        if not pickles:
+            self.damaged("", "is a zip archive that torch.save did not write: it holds no data.pkl")
         if len(pickles) != 1 or pickles[0].count("/") != 1:
             self.refuse("", "is not an archive of one torch.save() state (one */data.pkl)")
         self.prefix = pickles[0][: -len("data.pkl")]
@@ -127,12 +129,8 @@ class Archive:
             whole = at + _END.size <= len(tail)  # whose comment ends the file
             if whole and at + _END.size + _END.unpack_from(tail, at)[-1] == len(tail):
                 break
-        if at < 0:
-            self.refuse(
-                "",
-                "is not a zip archive as torch.save writes one (it may be torch's legacy "
-                "format, torch.save(..., _use_new_zipfile_serialization=False))",
-            )
+        if at < 0:  # no end record: cut short, or not a zip at all
+            self._not_a_zip()
         _, disk, start_disk, _, _, size, start, _ = _END.unpack_from(tail, at)
         end_at = length - tail_size + at
         before = tail[at - _LOCATOR.size : at] if at >= _LOCATOR.size else b""
@@ -155,6 +153,31 @@ class Archive:
                 f"end record at {end_at}",
             )
         return start, size, end_at
+
+    def _not_a_zip(self) -> NoReturn:
+        """Why a file without a zip end record is not one torch.save wrote whole."""
+        self.file.seek(0)
+        start = self.file.read(8)
+        if not start:
+            self.damaged("", "is empty (0 bytes)")
+        if start.startswith(b"PK\x03\x04"):
+            self.damaged(
+                "archive",
+                f"is cut short: it begins as torch.save's zip archive, but its end (the zip's "
+                f"central directory, which lists its records) is missing from its "
+                f"{self.length} bytes",
+            )
+        if start.startswith(b"\x80"):  # a pickle: torch's legacy format
+            self.refuse(
+                "",
+                "is in torch's legacy format (torch.save(..., "
+                "_use_new_zipfile_serialization=False)), which this load does not read",
+            )
+        self.damaged(
+            "",
+            f"is not a file torch.save writes (it starts {start!r}, neither a zip archive "
+            "nor torch's legacy format)",
+        )
 
     def _directory(self) -> list[tuple[str, bytes, int, int, int, int, int]]:
         """The central directory, each record's (name, raw name, flags, method,
@@ -246,7 +269,7 @@ class Archive:
         start, size = self.records[name]
         self.file.seek(start)
         if size and self.file.readinto(buffer) != size:
-            self.refuse(name, "is cut short")
+            self.damaged(name, "is cut short (the file changed while it was read)")
 
     def _untrusted(self, where: str, what: str) -> UntrustedContentError:
         try:
@@ -256,3 +279,6 @@ class Archive:
 
     def refuse(self, where: str, what: str) -> NoReturn:
         refuse(self.filename, self.kind, escaped(where), what)
+
+    def damaged(self, where: str, what: str) -> NoReturn:
+        damaged(self.filename, self.kind, escaped(where), what)

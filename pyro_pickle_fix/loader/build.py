@@ -5,7 +5,7 @@ says; each shared object made once.  Nothing here decides what is allowed."""
 from __future__ import annotations
 
 from .messages import type_name
-from .records import SCALARS, Tensor, itemsize
+from .records import SCALARS, Counter, Tensor, itemsize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,6 +49,10 @@ class Build:
             out = tuple(self.value(item) for item in value)
         elif kind is Tensor:
             out = self.tensor(value)
+        elif kind is Counter:
+            import collections
+
+            out = collections.Counter(value.counts)
         else:  # an Object: Check let nothing else through
             cls = value.cls
             out = cls.__new__(cls)
@@ -65,7 +69,13 @@ class Build:
         torch = self.torch
         if tensor.parameter:
             data, requires_grad = tensor.args[:2]
-            return torch.nn.Parameter(self.tensor(data), requires_grad)
+            param = torch.nn.Parameter(self.tensor(data), requires_grad)
+            # _rebuild_parameter_with_state's attributes: names Check found to be
+            # plain attributes of a Parameter, values Python scalars.
+            state = tensor.args[3] if len(tensor.args) == 4 else None
+            for name, item in (state or {}).items():
+                setattr(param, name, item)
+            return param
         storage, offset, size, stride, requires_grad = tensor.args[:5]
         untyped = self.storage(storage)
         built = torch.empty((0,), dtype=storage.dtype, device=untyped.device)

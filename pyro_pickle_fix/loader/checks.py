@@ -22,8 +22,20 @@ test_load_budget.py`` holds it over the worst file of each limit):
 
 from __future__ import annotations
 
-from .messages import describe, dims, first_keys, refuse, render, short, type_name
-from .records import SCALARS, Hooks, Object, Storage, Tensor, itemsize
+from .messages import (
+    LOOKS,
+    OPTIM,
+    STORE,
+    describe,
+    dims,
+    first_keys,
+    other_kind,
+    refuse,
+    render,
+    short,
+    type_name,
+)
+from .records import SCALARS, Counter, Hooks, Object, Storage, Tensor, itemsize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -140,6 +152,10 @@ class Check:
             attributes = self.state(value, where)
             count = len(attributes)
             children = ((item, (where, ".", name)) for name, item in attributes)
+        elif kind is Counter:
+            self.counter(value, where)
+            count = len(value.counts)
+            children = ((tally, (where, "[", name)) for name, tally in value.counts.items())
         else:
             self.refuse(where, f"is {describe(value)}")
         if 1 + count > MAX_ENTRY_NODES:
@@ -169,10 +185,12 @@ class Check:
         """Checks the tensor against its data; its bytes once cast (:data:`CAST_ITEMSIZE`)."""
         args = tensor.args
         if tensor.parameter:
-            if not (len(args) == 3 and type(args[0]) is Tensor and not args[0].parameter):
+            if not (len(args) in (3, 4) and type(args[0]) is Tensor and not args[0].parameter):
                 self.refuse(where, "is a Parameter that does not wrap a tensor")
             if type(args[1]) is not bool or type(args[2]) is not Hooks:
                 self.refuse(where, "is a Parameter with hooks or no requires_grad flag")
+            if len(args) == 4:
+                self.parameter_attributes(args[3], where)
             return self.tensor(args[0], where)
         if len(args) not in (6, 7):
             self.refuse(where, f"is a tensor rebuilt from {len(args)} arguments")
@@ -193,13 +211,14 @@ class Check:
             )
         numel, last, across = 1, offset, 1
         for extent, step in zip(size, stride, strict=True):
-            if extent < 0 or step < 0 or (step == 0 and extent > 1):
+            # Stride 0 (an .expand()ed view: a bound of a site in a plate) is as torch
+            # writes it; what it may cost is bounded where it is used: by its
+            # parameter (Check.fits) and by the file's size (REFERENCED).
+            if extent < 0 or step < 0:
                 self.refuse(
                     where,
-                    f"is a tensor of size {dims(size)} and stride {dims(stride)}: it repeats "
-                    "its data (stride 0, as .expand() makes), and every operation on it costs "
-                    "as if the file held all of it",
-                    fix="If you saved an expanded tensor yourself, save .clone() of it.",
+                    f"is a tensor of size {dims(size)} and stride {dims(stride)}, which no "
+                    "tensor has",
                 )
             numel *= extent
             across *= max(extent, 1)
@@ -212,7 +231,7 @@ class Check:
                 f"{across} elements, more than the file's {self.length} bytes (a constraint's "
                 "transform or torch can make a tensor of that many elements from it)",
             )
-        if numel and (last >= held or numel > held):
+        if numel and (last >= held or _paid(tensor) > held):
             self.refuse(
                 where,
                 f"is a tensor of size {dims(size)} (stride {dims(stride)}, offset {offset}) "
@@ -221,6 +240,39 @@ class Check:
         if not numel and offset > held:
             self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
         return int(numel * max(itemsize(storage.dtype), CAST_ITEMSIZE))
+
+    def parameter_attributes(self, state: Any, where: Where) -> None:
+        """What ``_rebuild_parameter_with_state`` sets on a Parameter (a user's
+        ``param.name = value``): plain Python values under names that the
+        Parameter class does not define (no property, method or slot of torch's)."""
+        if state is None:
+            return
+        if type(state) is not dict or len(state) > MAX_ENTRY_NODES:
+            self.refuse(where, f"is a Parameter whose attributes are {describe(state)}")
+        import inspect
+
+        import torch
+
+        for name, value in state.items():
+            defined = type(name) is str and (
+                name.startswith("__")
+                or inspect.getattr_static(torch.nn.Parameter, name, None) is not None
+            )
+            if type(name) is not str or defined or type(value) not in SCALARS:
+                self.refuse(
+                    where,
+                    f"is a Parameter with the attribute {short(name)} = {short(value)} (only "
+                    "a name torch.nn.Parameter does not define, with a Python scalar, loads)",
+                )
+
+    def counter(self, counter: Counter, where: Where) -> None:
+        """A ``collections.Counter``: names or indices, each counted by an int."""
+        for name, count in counter.counts.items():
+            if type(name) not in (str, int) or type(count) is not int:
+                self.refuse(
+                    where,
+                    f"is a collections.Counter that counts {short(name)} as {short(count)}",
+                )
 
     def state(self, obj: Object, where: Where) -> list[tuple[str, Any]]:
         """A constraint's attributes: only names its class's constructor sets, none
@@ -240,21 +292,25 @@ class Check:
                 )
         return list(state.items())
 
-    def fits(self, constraint: Any, param: Tensor, where: Where) -> None:
+    def fits(self, constraint: Any, param: Tensor | None, where: Where) -> None:
         """No tensor of the constraint broadcasts past the part of the parameter it
         constrains: a ``_Cat`` hands each of its parts a slice of the parameter
         (``lengths`` along ``dim``), a ``_Stack`` one index along ``dim``, and every
         other constraint the whole of what it was handed.  What they make together
         (each part's slice broadcast with its tensors) is at most the parameter and
-        the constraint's distinct tensors: what the file holds.  Each distinct
-        constraint is looked into once, each (constraint, shape) pair compared once,
-        and all of that work counts against :data:`MAX_FITS_WORK`."""
-        shape = _shape(param)
+        the constraint's distinct tensors: what the file holds, each tensor counting
+        the elements its data holds (an expanded one, those it repeats).  Each
+        distinct constraint is looked into once, each (constraint, shape) pair
+        compared once, and all of that work counts against :data:`MAX_FITS_WORK`.
+        A constraint without its parameter (``param`` None: pyro's ``setdefault``
+        keeps the constraint of a ``pyro.param`` whose initial value raised) is held
+        against a scalar."""
+        shape = _shape(param) if param is not None else ()
         _, tensors_held, shapes, _ = self.tensors_within(constraint, where, whole=True)
         if not shapes:
             return
         made = _numel(shape) + self.excess(constraint, shape, where)
-        held = _numel(shape) + tensors_held
+        held = (_paid(param) if param is not None else 1) + tensors_held
         if made > held:
             listed = ", ".join(dims(each) for each in shapes[:4])
             more = f" and {len(shapes) - 4} more" if len(shapes) > 4 else ""
@@ -312,7 +368,7 @@ class Check:
                 shape = _shape(item)
                 self.count_work(len(shape), where)
                 found.append(shape)
-                held += _numel(shape)
+                held += _paid(item)
                 hull = _broadcast(hull, shape)
             elif type(item) is Object and not whole and item is not constraint and _slicing(item):
                 nested.append(item)
@@ -403,6 +459,16 @@ def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(args[2])
 
 
+def _paid(tensor: Tensor) -> int:
+    """The elements of the file's data that a tensor holds: an expanded (stride 0)
+    axis repeats them, and adds none."""
+    args = tensor.args[0].args if tensor.parameter else tensor.args
+    paid = 1
+    for extent, step in zip(args[2], args[3], strict=True):
+        paid *= extent if step or not extent else 1
+    return paid
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     numel = 1
     for extent in shape:
@@ -436,6 +502,8 @@ def _is_descriptor(cls: type, name: str) -> bool:
 def check_store(check: Check, state: Any) -> None:
     """``{"params": {name: tensor}, "constraints": {name: constraint}}``, as
     ``ParamStoreDict.get_state()`` makes it."""
+    if _is_optimizer_file(state):
+        other_kind(check.filename, check.kind, LOOKS["optim"], f"Load it with {OPTIM.reader}.")
     if type(state) is not dict or set(state) != {"params", "constraints"}:
         keys = f" with keys {first_keys(state)}" if type(state) is dict else ""
         check.refuse(
@@ -450,23 +518,49 @@ def check_store(check: Check, state: Any) -> None:
         if type(param) is not Tensor:
             check.refuse(("params", "[", name), f"is {describe(param)}")
     for name, constraint in constraints.items():
-        where: Where = ("constraints", "[", name)
         if type(constraint) is not Object:
-            check.refuse(where, f"is {describe(constraint)}")
-        if name not in params:
-            check.refuse(where, "constrains a parameter the file does not hold")
-    total = check.entries(params, "params", 1) + check.entries(constraints, "constraints", 1)
+            check.refuse(("constraints", "[", name), f"is {describe(constraint)}")
+    for name in params:
+        if name not in constraints:
+            check.refuse(
+                ("params", "[", name),
+                "has no constraint (pyro writes one for every parameter, constraints.real "
+                "for one declared without)",
+            )
+    total = check.entries(params, "params", 1)
+    if check.referenced > REFERENCED * check.length:
+        check.refuse(
+            "params",
+            f"hold {check.referenced} bytes of tensors (expanded ones and shared references "
+            f"counted as the copies an operation on them makes), more than {REFERENCED} "
+            f"times the file's {check.length} bytes",
+        )
+    total += check.entries(constraints, "constraints", 1)
     if total > MAX_NODES:
         check.refuse("", f"holds more than {MAX_NODES} objects")
-    if len(constraints) != len(params):  # every constraint's parameter is in params
-        name = next(name for name in params if name not in constraints)
-        check.refuse(
-            ("params", "[", name),
-            "has no constraint (pyro writes one for every parameter, constraints.real "
-            "for one declared without)",
-        )
     for name, constraint in constraints.items():
-        check.fits(constraint, params[name], ("constraints", "[", name))
+        # A constraint may outlive its parameter in a file pyro writes: pyro.param
+        # sets it before the initial value, which may raise (pyro never uses it).
+        check.fits(constraint, params.get(name), ("constraints", "[", name))
+
+
+def _is_optimizer_file(state: Any) -> bool:
+    """A state as ``PyroOptim.get_state()`` makes it (a plain loop: an interrupt
+    leaves no generator to close)."""
+    if type(state) is not dict or not state:
+        return False
+    for value in state.values():  # noqa: SIM110 (no generator: see above)
+        if not _is_optimizer_state(value):
+            return False
+    return True
+
+
+def _is_optimizer_state(value: Any) -> bool:
+    """An optimizer's or a scheduler's entry of an optimizer file, by its keys."""
+    return type(value) is dict and set(value) in (
+        {"state", "param_groups"},
+        {"scheduler", "optimizer"},
+    )
 
 
 def check_optim(
@@ -482,6 +576,8 @@ def check_optim(
     ``optimizer``, would hide the class's own."""
     if type(state) is not dict:
         check.refuse("", f"is {describe(state)}, not a dict of parameter names")
+    if set(state) == {"params", "constraints"}:
+        other_kind(check.filename, check.kind, LOOKS["store"], f"Load it with {STORE.reader}.")
     for name, value in state.items():
         if type(value) is not dict:
             check.refuse(("state", "[", name), f"is {describe(value)}, not a state_dict()")

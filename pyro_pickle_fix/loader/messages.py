@@ -1,13 +1,18 @@
-"""How a refusal reads: what is loaded (:class:`Kind`), the two errors a load
-raises, and every value from the file cut short before it goes into a message."""
+"""How a refusal reads: what is loaded (:class:`Kind`), the errors a load raises
+(a file that is not whole: :func:`damaged`; a file of another kind:
+:func:`other_kind`; anything else: :func:`refuse` and :func:`refuse_global`), and
+every value from the file cut short before it goes into a message.  A message
+names no class of the loader's own, and offers ``weights_only=False`` only where
+torch's load would read the file."""
 
 from __future__ import annotations
 
 import itertools
 import sys
+from types import MappingProxyType
 
-from ..errors import UntrustedContentError, UntrustedGlobalError
-from .records import SCALARS, Global, Hooks, Storage
+from ..errors import DamagedFileError, UntrustedContentError, UntrustedGlobalError
+from .records import SCALARS, Counter, Global, Hooks, Object, Storage, Tensor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,10 +27,13 @@ class Kind:
     """What is loaded: its name in messages, what it may hold, and how a user loads
     a file they trust."""
 
-    def __init__(self, what: str, needs: str, trusted: str, *, constraints: bool) -> None:
+    def __init__(
+        self, what: str, needs: str, trusted: str, io: tuple[str, str], *, constraints: bool
+    ) -> None:
         self.what = what
         self.needs = needs
         self.trusted = trusted
+        self.writer, self.reader = io  # what writes this kind of file, and what reads it
         self.constraints = constraints
 
 
@@ -34,13 +42,28 @@ STORE = Kind(
     "a tensor rebuild, a plain container or one of the constraint classes that "
     "pyro_pickle_fix.safe_globals() lists",
     "pyro.get_param_store().set_state(torch.load(path, weights_only=False))",
+    ("pyro.get_param_store().save(path)", "pyro.get_param_store().load(path)"),
     constraints=True,
 )
 OPTIM = Kind(
     "an optimizer file",
     "a tensor rebuild or a plain container",
     "optim.set_state(torch.load(path, weights_only=False))",
+    (
+        "optim.save(path)",
+        "optim.load(path), with a pyro.optim optimizer made as the one that saved it",
+    ),
     constraints=False,
+)
+
+#: What each kind of file looks like, for a message about a file of another kind.
+LOOKS = MappingProxyType(
+    {
+        "store": "a param-store file (what pyro.get_param_store().save(path) writes: the "
+        "parameters and their constraints)",
+        "optim": "an optimizer file (what a pyro.optim optimizer's save(path) writes: a "
+        "state_dict() for each parameter's name)",
+    }
 )
 
 
@@ -52,6 +75,104 @@ def refuse(filename: Any, kind: Kind, where: str, what: str, fix: str = "") -> N
         f"{kind.trusted}.",
         where,
     )
+
+
+def damaged(filename: Any, kind: Kind, where: str, what: str) -> NoReturn:
+    """A file that is not whole: no load can read it, so none is offered."""
+    raise DamagedFileError(
+        f"pyro-pickle-fix could not load {str(filename)!r} as {kind.what}: the file is "
+        f"damaged: {where or 'it'} {what}. Nothing was loaded. No other load can read it "
+        "either: save it again from the program that made it (a copy, a download or a "
+        "save that was interrupted leaves a file cut short).",
+        where,
+    )
+
+
+def other_kind(filename: Any, kind: Kind, looks: str, reader: str) -> NoReturn:
+    """A file of another kind, given to this load: what it looks like, and the load
+    that reads it."""
+    raise UntrustedContentError(
+        f"pyro-pickle-fix did not load {str(filename)!r} as {kind.what}: it is {looks}, "
+        f"not {kind.what}. Nothing was loaded. {reader}",
+        "",
+    )
+
+
+#: The globals of torch's weights-only allowlist that are data and run no code of
+#: the file's: a refusal says the file holds what pyro never writes there, not
+#: that it could run code.
+DATA_GLOBALS = frozenset(
+    {
+        "collections.Counter",
+        "collections.OrderedDict",
+        # pickle protocol 2 names the builtins module __builtin__
+        *(
+            f"{module}.{name}"
+            for module in ("builtins", "__builtin__")
+            for name in ("set", "frozenset", "complex", "bytearray", "slice")
+        ),
+        "torch.Size",
+        "torch.device",
+        *(
+            f"torch.{dtype}"
+            for dtype in [
+                "float32",
+                "float64",
+                "float16",
+                "bfloat16",
+                "complex64",
+                "complex128",
+                "int64",
+                "int32",
+                "int16",
+                "int8",
+                "uint8",
+                "bool",
+            ]
+        ),
+    }
+)
+
+#: The top object of a pickle made by a global (the first thing in it), and what
+#: the file is then, with the load that reads it.
+_TOP_OBJECTS = MappingProxyType(
+    {
+        "collections.OrderedDict": (
+            "a module's state_dict() (an OrderedDict of tensors, as torch.save("
+            "guide.state_dict()) writes)",
+            "Load it with guide.load_state_dict(torch.load(path, weights_only=True)), into "
+            "a guide made as the one that saved it.",
+        ),
+        "torch._utils._rebuild_tensor_v2": (
+            "a single tensor (as torch.save(tensor) writes)",
+            "Load it with torch.load(path, weights_only=True).",
+        ),
+        "torch._utils._rebuild_parameter": (
+            "a single Parameter (as torch.save(parameter) writes)",
+            "Load it with torch.load(path, weights_only=True).",
+        ),
+    }
+)
+
+
+def top_object(filename: Any, kind: Kind, name: str) -> None:
+    """If the top object of a file is made by ``name``, and that makes the file
+    one of another kind (a state_dict(), a tensor, a whole module pickled), say so;
+    else return."""
+    if name in _TOP_OBJECTS:
+        other_kind(filename, kind, *_TOP_OBJECTS[name])
+    cls = imported_class(name)
+    module = sys.modules.get("torch.nn")
+    base = getattr(module, "Module", None)
+    if cls is not None and isinstance(base, type) and issubclass(cls, base):
+        other_kind(
+            filename,
+            kind,
+            f"a whole {cls.__name__} object, pickled (as torch.save(guide) writes)",
+            "Only torch.load(path, weights_only=False) reads a whole object, and it runs "
+            "any code the file names: use it only on a file you made yourself. This load "
+            f"reads what {kind.writer} writes.",
+        )
 
 
 #: The globals that make a kind of tensor (torch's rebuilds, the Tensor and Parameter
@@ -110,6 +231,8 @@ def refuse_global(
             "which makes a kind of tensor that pyro's files never hold (only dense "
             "tensors whose data is in the file, and Parameters of them, load)"
         )
+    elif name in DATA_GLOBALS:
+        why = f"which is data that {kind.what} of pyro's never holds (it runs no code)"
     else:
         why = f"which is neither {kind.needs}, so loading it could run code named in the file"
     raise UntrustedGlobalError(
@@ -136,8 +259,23 @@ def is_constraint_class(cls: type) -> bool:
 
 
 def type_name(value: Any) -> str:
+    """What a value is, for a message: a record of the loader's own by what the file
+    made it of (never the record's own class)."""
     cls = type(value)
+    if cls is Object:
+        cls = value.cls
+    elif cls is Global:
+        return f"{escaped(value.name)} itself"
+    elif cls is Tensor:
+        return "torch.nn.Parameter" if value.parameter else "torch.Tensor"
+    elif cls in _RECORDS:
+        return _RECORDS[cls]
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+_RECORDS = MappingProxyType(
+    {Hooks: "collections.OrderedDict", Storage: "storage", Counter: "collections.Counter"}
+)
 
 
 def render(where: Where) -> str:

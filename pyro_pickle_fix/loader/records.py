@@ -21,7 +21,8 @@ class Storage:
 
 class Tensor:
     """``_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[,
-    metadata])``, or ``_rebuild_parameter(tensor, requires_grad, hooks)``
+    metadata])``, or ``_rebuild_parameter(tensor, requires_grad, hooks)`` or
+    ``_rebuild_parameter_with_state(tensor, requires_grad, hooks, state)``
     (``parameter``), not yet built."""
 
     __slots__ = ("args", "parameter")
@@ -38,6 +39,16 @@ class Object:
     def __init__(self, cls: type) -> None:
         self.cls: type = cls
         self.state: Any = None
+
+
+class Counter:
+    """``collections.Counter(counts)``, as a scheduler's state holds it
+    (``MultiStepLR.milestones``), not yet built."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: dict[Any, Any]) -> None:
+        self.counts = counts
 
 
 class Global:

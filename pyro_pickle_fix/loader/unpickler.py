@@ -9,8 +9,19 @@ from __future__ import annotations
 import re
 import struct
 
-from .messages import describe, refuse, refuse_global, short, type_name
-from .records import KEYS, Global, Hooks, Object, Storage, Tensor, itemsize
+from .allowed import ALLOWED
+from .messages import (
+    LOOKS,
+    STORE,
+    describe,
+    other_kind,
+    refuse,
+    refuse_global,
+    short,
+    top_object,
+    type_name,
+)
+from .records import KEYS, Counter, Global, Hooks, Object, Storage, Tensor, itemsize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,6 +57,9 @@ _STORAGE_TYPES = {
     "ComplexDoubleStorage": "complex128",
     "ComplexFloatStorage": "complex64",
 }
+#: torch's rebuilds of a dense tensor, a Parameter, and a Parameter that carries
+#: Python attributes (``param.name = value``: torch saves its ``__dict__``).
+_REBUILDS = ("_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state")
 _LOCATION = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,4})?")
 
 
@@ -70,10 +84,12 @@ class Unpickler:
 
     def find_class(self, module: str, name: str) -> Global:
         dotted = f"{module}.{name}"
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+        if module == "torch._utils" and name in _REBUILDS:
             return Global(dotted, name)
         if dotted == "collections.OrderedDict":
             return Global(dotted, "hooks")
+        if dotted == "collections.Counter" and not self.kind.constraints:
+            return Global(dotted, "counter")  # a scheduler's milestones (MultiStepLR)
         if module == "torch" and name in _STORAGE_TYPES:
             import torch
 
@@ -81,6 +97,10 @@ class Unpickler:
         cls = self.allowed.get(dotted) if self.kind.constraints else None
         if cls is not None:
             return Global(dotted, "class", cls)
+        if not self.kind.constraints and dotted in ALLOWED:  # a constraint of pyro's
+            other_kind(
+                self.archive.filename, self.kind, LOOKS["store"], f"Load it with {STORE.reader}."
+            )
         refuse_global(self.archive.filename, self.kind, dotted, self.allowed)
 
     def persistent_load(self, pid: Any) -> Storage:
@@ -125,10 +145,12 @@ class Unpickler:
     def reduce(self, func: Any, args: Any) -> Any:
         if not isinstance(func, Global) or type(args) is not tuple:
             self.refuse(f"calls {type_name(func)} (REDUCE of something that is not a function)")
-        if func.role in ("_rebuild_tensor_v2", "_rebuild_parameter"):
-            return Tensor(args, func.role == "_rebuild_parameter")
+        if func.role in _REBUILDS:
+            return Tensor(args, func.role != "_rebuild_tensor_v2")
         if func.role == "hooks" and args == ():
             return Hooks()
+        if func.role == "counter" and len(args) == 1 and type(args[0]) is dict:
+            return Counter(args[0])
         self.refuse(f"calls {func.name} with {len(args)} arguments, which torch.save never writes")
 
     def load(self) -> Any:
@@ -246,6 +268,8 @@ class Unpickler:
                         self.refuse("ends inside a global's name")
                     module = str(data[pos:newline], "utf-8")
                     name = str(data[newline + 1 : second], "utf-8")
+                    if pos == 3:  # the pickle's top object: is it a file of another kind?
+                        top_object(self.archive.filename, self.kind, f"{module}.{name}")
                     pos = second + 1
                     self.made()
                     stack.append(self.find_class(module, name))
