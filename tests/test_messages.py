@@ -181,20 +181,23 @@ def _crafted(tmp_path: Path, change) -> Path:
     return path
 
 
-def test_a_zip_version_zipfile_cannot_read_is_the_packages_error_with_zipfiles_chained(
-    tmp_path,
-):
+def test_a_zip_version_zipfile_cannot_read_loads_as_torch_reads_it(tmp_path):
+    """zipfile raised a bare NotImplementedError ("zip file version 25.5") on main;
+    the loader reads the directory itself, and torch's reader ignores the version."""
     path = _crafted(tmp_path, lambda raw, at: struct.pack_into("<H", raw, at + 6, 255))
-    refused = _refused("store", path, UntrustedContentError)
-    assert type(refused.__cause__) is NotImplementedError, refused.__cause__
-    assert "zip file version 25.5" in str(refused)
+    pyro.get_param_store().load(path)
+    loaded = {name: value.detach() for name, value in pyro.get_param_store().named_parameters()}
+    with torch.serialization.safe_globals(pyro_pickle_fix.safe_globals()):
+        expected = torch.load(path, weights_only=True)["params"]
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[name], expected[name]) for name in expected)
 
 
 @pytest.mark.parametrize("offset", [2**32 - 16, 2**31])
 def test_a_record_offset_outside_the_file_is_the_packages_error(tmp_path, offset):
     path = _crafted(tmp_path, lambda raw, at: struct.pack_into("<I", raw, at + 42, offset))
     refused = _refused("store", path, UntrustedContentError)
-    assert "outside the file's" in str(refused), refused
+    assert "has no local header" in str(refused), refused
 
 
 def test_the_damaged_file_error_is_exported():
@@ -203,9 +206,9 @@ def test_the_damaged_file_error_is_exported():
     assert "DamagedFileError" in pyro_pickle_fix.__all__
 
 
-def test_a_damaged_file_error_chains_zipfiles(tmp_path):
+def test_a_cut_short_file_is_a_damaged_file(tmp_path):
     stored, _, _ = _trained(tmp_path)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(stored.read_bytes()[:-1])
     refused = _refused("store", cut, DamagedFileError)
-    assert isinstance(refused.__cause__, zipfile.BadZipFile), refused.__cause__
+    assert "is cut short" in str(refused), refused

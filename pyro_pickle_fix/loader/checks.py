@@ -182,7 +182,8 @@ class Check:
         )
 
     def tensor(self, tensor: Tensor, where: Where) -> int:
-        """Checks the tensor against its data; its bytes once cast (:data:`CAST_ITEMSIZE`)."""
+        """Checks the tensor against its data; its bytes (in an optimizer file, once
+        cast: :data:`CAST_ITEMSIZE`; a param-store file's tensors are not cast)."""
         args = tensor.args
         if tensor.parameter:
             if not (len(args) in (3, 4) and type(args[0]) is Tensor and not args[0].parameter):
@@ -239,7 +240,8 @@ class Check:
             )
         if not numel and offset > held:
             self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
-        return int(numel * max(itemsize(storage.dtype), CAST_ITEMSIZE))
+        width = itemsize(storage.dtype)
+        return numel * (width if self.kind.constraints else max(width, CAST_ITEMSIZE))
 
     def parameter_attributes(self, state: Any, where: Where) -> None:
         """What ``_rebuild_parameter_with_state`` sets on a Parameter (a user's
