@@ -7,7 +7,7 @@ Writes, as pyro does, a param store of about ``--megabytes`` MB of parameters
 constrained positive) and the Adam
 state for the same parameters after two steps (``PyroOptim.save``: twice the
 bytes).  Each pair loads each file once with the fix's loader
-(``pyro_pickle_fix._loading.load_state`` / ``load_optim_state``, what the patched
+(``pyro_pickle_fix.loader.load_state`` / ``load_optim_state``, what the patched
 ``ParamStoreDict.load`` / ``PyroOptim.load`` run) and once with stock's
 ``torch.load(f, weights_only=True)`` (for the store, with
 ``pyro_pickle_fix.safe_globals()`` allowed, as stock 1.9.1 would need), in random
@@ -33,7 +33,7 @@ os.environ.setdefault("PYRO_PICKLE_FIX", "0")  # load the loader only; time stoc
 import pyro
 import torch
 
-from pyro_pickle_fix import _loading, safe_globals
+from pyro_pickle_fix import loader, safe_globals
 
 
 def write_files(folder: Path, megabytes: int, count: int) -> tuple[Path, Path]:
@@ -91,8 +91,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         store_path, optim_path = write_files(Path(folder), args.megabytes, args.params)
         cases = {
-            "param store": (store_path, _loading.load_state, stock_store),
-            "optimizer": (optim_path, _loading.load_optim_state, stock_optim),
+            "param store": (store_path, loader.load_state, stock_store),
+            "optimizer": (optim_path, loader.load_optim_state, stock_optim),
         }
         print(
             "| file | size | fix / stock: median | min | max | median fix | median stock | pairs |"

@@ -14,7 +14,6 @@ from . import _trigger
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._engine import Status, TargetStatus, is_patched, patch, status, unpatch
-    from ._loading import safe_globals
     from .diagnostics.audit import AuditReport, audit
     from .errors import (
         DeadReferenceError,
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
         UntrustedGlobalError,
     )
     from .integrations.dask_worker import DaskWorkerPlugin
+    from .loader import safe_globals
 
 __version__ = "0.2.0"
 
@@ -56,7 +56,7 @@ _API = {
     "TargetStatus": "_engine",
     "is_patched": "_engine",
     "patch": "_engine",
-    "safe_globals": "_loading",
+    "safe_globals": "loader",
     "status": "_engine",
     "unpatch": "_engine",
 }

@@ -530,7 +530,7 @@ def status() -> Status:
                 if pyro is not None and bug.present(pyro, python, torch) is not False
             ]
             rows.append(TargetStatus(repair.dotted, wrapped, needed, note, bugs))
-    from ._loading import advisory
+    from .loader import advisory
 
     return Status(
         version,

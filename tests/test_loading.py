@@ -25,8 +25,11 @@ from pyro.infer.autoguide import AutoNormal
 from support import PYRO, run_json, run_python, stock_error
 
 import pyro_pickle_fix
-from pyro_pickle_fix import _loading
+from pyro_pickle_fix import loader
 from pyro_pickle_fix.errors import UntrustedContentError, UntrustedGlobalError
+from pyro_pickle_fix.loader import allowed as loader_allowed
+from pyro_pickle_fix.loader import archive as loader_archive
+from pyro_pickle_fix.loader import checks as loader_checks
 
 TORCH = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:3])
 ALLOWLIST = hasattr(torch.serialization, "safe_globals")  # torch 2.5+
@@ -328,7 +331,7 @@ def test_a_store_loads_exactly_what_stock_torch_loads(tmp_path):
     pyro.get_param_store().save(path)
     expected = torch.load(path, weights_only=False)
     pyro.clear_param_store()
-    state = _loading.load_state(path)
+    state = loader.load_state(path)
     assert state["params"].keys() == expected["params"].keys()
     for name, value in expected["params"].items():
         got = state["params"][name]
@@ -352,7 +355,7 @@ def test_views_of_one_storage_stay_views_and_map_location_is_honoured(tmp_path):
         return storage
 
     for where in (None, "cpu", torch.device("cpu"), {"cpu": "cpu"}, map_location):
-        state = _loading.load_optim_state(path, map_location=where)["x"]["state"][0]
+        state = loader.load_optim_state(path, map_location=where)["x"]["state"][0]
         assert torch.equal(state["a"], base[0]) and torch.equal(state["b"], base[1:3])
         assert state["a"].untyped_storage().data_ptr() == state["b"].untyped_storage().data_ptr()
     assert seen == ["cpu"]  # one storage, restored once
@@ -577,8 +580,8 @@ def test_an_archive_of_too_many_records_is_refused_before_its_directory_is_read(
 ):
     # 300,000 empty records (28 MB) took 4.6 s and 236 MB to load; torch.save writes
     # one a storage and a few more.  (Here with a bound of 1,000, not 131,072.)
-    assert _loading.MAX_RECORDS == 2**17
-    monkeypatch.setattr(_loading, "MAX_RECORDS", 1_000)
+    assert loader_archive.MAX_RECORDS == 2**17
+    monkeypatch.setattr(loader_archive, "MAX_RECORDS", 1_000)
     members = [("archive/data.pkl", dumps(store({}))), ("archive/byteorder", b"little")]
     members += [(f"archive/data/{i}", b"") for i in range(999)]
     path = tmp_path / "records.pt"
@@ -760,13 +763,13 @@ def test_the_broadcast_check_looks_into_each_constraint_once(tmp_path, monkeypat
     path = tmp_path / "fits.pt"
     write_file(path, store({n: param for n in names}, {n: bound for n in names}), {"0": floats(1)})
     start = time.perf_counter()
-    state = _loading.load_state(path)
+    state = loader.load_state(path)
     assert time.perf_counter() - start < 2.0  # the old check: some 5 s
     assert len(state["params"]) == 200
     # 200 distinct constraints that share those tensors: the work is counted (here
     # against a bound of 200,000 steps; the real one, 2,000,000, takes under 1 s).
-    assert _loading.MAX_FITS_WORK == 2_000_000
-    monkeypatch.setattr(_loading, "MAX_FITS_WORK", 200_000)
+    assert loader_checks.MAX_FITS_WORK == 2_000_000
+    monkeypatch.setattr(loader_checks, "MAX_FITS_WORK", 200_000)
     wrapped = {
         n: New(
             G("torch.distributions.constraints._IndependentConstraint"),
@@ -854,14 +857,14 @@ def test_an_interrupt_at_any_call_of_a_load_leaves_torchs_allowlist_as_it_was(tm
 
     store_path, checkpoint = _store_file(tmp_path / "p.pt"), _checkpoint(tmp_path / "c.pt")
     torchs, before = _torchs_allowlist(), set(torch.serialization.get_safe_globals())
-    loader = _loading.__file__
+    stages = _loader_files()
     interrupted = 0
     for target in range(1, 100_000):
         calls = 0
 
         def trace(frame, event, arg, target=target):
             nonlocal calls
-            if event == "call" and frame.f_code.co_filename == loader:
+            if event == "call" and frame.f_code.co_filename in stages:
                 calls += 1
                 if calls == target:
                     raise KeyboardInterrupt
@@ -887,16 +890,17 @@ def test_an_interrupt_at_any_call_of_a_load_leaves_torchs_allowlist_as_it_was(tm
 FORK = """
 import json, os, signal, sys, threading, _thread
 import pyro, torch, pyro_pickle_fix
-from pyro_pickle_fix import _loading
+import pyro_pickle_fix.loader
 pyro.param("x", torch.ones(2), constraint=torch.distributions.constraints.positive)
 pyro.get_param_store().save({path!r})
-loader = _loading.__file__
+stages = [m for n, m in sys.modules.items() if n.startswith("pyro_pickle_fix.loader")]
+files = {{m.__file__ for m in stages}}
 kinds = (_thread.LockType, type(threading.RLock()))
-locks = [v for v in vars(_loading).values() if isinstance(v, kinds)]
+locks = [v for m in stages for v in vars(m).values() if isinstance(v, kinds)]
 paused, go_on = threading.Event(), threading.Event()
 
 def trace(frame, event, arg):
-    if frame.f_code.co_filename == loader and not paused.is_set():
+    if frame.f_code.co_filename in files and not paused.is_set():
         if not locks or any(lock.locked() for lock in locks if hasattr(lock, "locked")):
             paused.set()
             go_on.wait(60)
@@ -1191,9 +1195,11 @@ def test_the_loader_keeps_no_state_between_loads():
     import _thread
     import types
 
+    stages = _loader_modules()
     mutable = {
         name: value
-        for name, value in vars(_loading).items()
+        for module in stages
+        for name, value in vars(module).items()
         if isinstance(value, (dict, list, set, _thread.LockType, threading.local))
         and not name.startswith("__")
     }
@@ -1201,8 +1207,20 @@ def test_the_loader_keeps_no_state_between_loads():
     assert set(mutable) <= {"NOT_ALLOWED", "_STORAGE_TYPES"}, sorted(mutable)
     assert not any(
         isinstance(v, types.ModuleType) and v.__name__ == "threading"
-        for v in vars(_loading).values()
+        for module in stages
+        for v in vars(module).values()
     )
+
+
+def _loader_modules():
+    """The loader's stages: the package and each of its modules."""
+    import sys
+
+    return [m for n, m in sys.modules.items() if n.startswith("pyro_pickle_fix.loader")]
+
+
+def _loader_files():
+    return {module.__file__ for module in _loader_modules()}
 
 
 # ---------------------------------------------------------------------------
@@ -1224,8 +1242,8 @@ def test_the_allowlist_is_every_constraint_class_torch_and_pyro_define():
         if cls.__module__.split(".")[0] in ("torch", "pyro"):
             defined.add(_dotted(cls))
     resolved = [_dotted(cls) for cls in pyro_pickle_fix.safe_globals()]
-    assert resolved == [name for name in _loading.ALLOWED if name in defined]
-    assert defined == set(resolved) | (defined & set(_loading.NOT_ALLOWED))
+    assert resolved == [name for name in loader_allowed.ALLOWED if name in defined]
+    assert defined == set(resolved) | (defined & set(loader_allowed.NOT_ALLOWED))
 
 
 def test_every_allowed_class_has_the_attributes_its_constructor_sets():
@@ -1237,13 +1255,13 @@ def test_every_allowed_class_has_the_attributes_its_constructor_sets():
         "MaskedConstraint": {"mask", "constraint0", "constraint1"},
     }
     found = {
-        cls.__name__: _loading._constructor_attributes(cls)
+        cls.__name__: loader_checks._constructor_attributes(cls)
         for cls in pyro_pickle_fix.safe_globals()
     }
     for name, attributes in expected.items():
         assert found[name] == attributes, name
     assert not any(
-        _loading._is_descriptor(cls, a)
+        loader_checks._is_descriptor(cls, a)
         for cls in pyro_pickle_fix.safe_globals()
         for a in found[cls.__name__]
     )
@@ -1276,7 +1294,7 @@ def test_the_readme_lists_the_allowlist():
     section = text.split("## Save and load", 1)[1].split("\n## ", 1)[0]
     paragraph = section.split("allows these classes")[1]
     listed = set(re.findall(r"`(_?\w+)`", paragraph.split("\n\n")[0]))
-    assert listed == {name.rpartition(".")[2] for name in _loading.ALLOWED}
+    assert listed == {name.rpartition(".")[2] for name in loader_allowed.ALLOWED}
 
 
 # ---------------------------------------------------------------------------
@@ -1296,7 +1314,7 @@ def test_the_readme_lists_the_allowlist():
     ],
 )
 def test_the_advisory_for_each_torch(version, named):
-    text = _loading.advisory(version)
+    text = loader.advisory(version)
     if not named:
         assert text is None
         return
@@ -1307,7 +1325,7 @@ def test_the_advisory_for_each_torch(version, named):
 
 def test_status_names_the_advisory_that_applies_to_this_torch():
     report = pyro_pickle_fix.status()
-    expected = _loading.advisory(TORCH)
+    expected = loader.advisory(TORCH)
     assert report.advisory == expected
     if TORCH < (2, 10):
         assert "CVE-2026-24747" in str(report)
@@ -1359,7 +1377,7 @@ def test_long_names_cost_nothing_until_a_refusal_names_them(tmp_path):
     write_file(path, store({name: tensor("0", 4_500, (4_500,))}, {name: cat}), {"0": bytes(18_000)})
     tracemalloc.start()
     try:
-        state = _loading.load_state(path)
+        state = loader.load_state(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -1,6 +1,6 @@
 """Loading pyro's own files: the param store's ``load`` and ``PyroOptim.load``
 load through the package's own restricted unpickler, checked against the file
-before anything is built (:mod:`pyro_pickle_fix._loading`), instead of trusting
+before anything is built (:mod:`pyro_pickle_fix.loader`), instead of trusting
 the file or failing on pyro's constraint classes.  The same on every torch: it
 needs nothing of torch's unpickler, only its zip format."""
 
@@ -25,7 +25,7 @@ def store_load(
 ) -> None:
     """``ParamStoreDict.load(filename, map_location=None)``: the file's state,
     checked and built by the fix's own unpickler, then ``set_state``."""
-    from .._loading import load_state
+    from ..loader import load_state
 
     instance.set_state(load_state(*_bind(*args, **kwargs)))
 
@@ -34,7 +34,7 @@ def optim_load(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     """``PyroOptim.load(filename, map_location=None)``, the same way."""
-    from .._loading import load_optim_state
+    from ..loader import load_optim_state
 
     instance.set_state(load_optim_state(*_bind(*args, **kwargs)))
 
