@@ -428,3 +428,10 @@ def with_pickle(records: Records, change: Callable[[bytes], bytes]) -> Records:
         (name, change(payload) if name.endswith("/data.pkl") else payload)
         for name, payload in records
     ]
+
+
+def set_field(raw: bytes, fields: list[Field], name: str, value: int) -> bytes:
+    """``raw`` with the header field ``name`` (as :func:`write_archive` lists it) set
+    to ``value``."""
+    offset, width = next((offset, width) for offset, width, label in fields if label == name)
+    return raw[:offset] + value.to_bytes(width, "little") + raw[offset + width :]

@@ -31,10 +31,12 @@ import contextlib
 import hashlib
 import math
 import os
+import pickle
 import signal
 import struct
 import traceback
 import tracemalloc
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,10 +59,12 @@ import pyro_pickle_fix
 from pyro_pickle_fix import errors
 
 constraints = torch.distributions.constraints
-#: What a load may raise: the package's own refusals, nothing else.
-REFUSALS: tuple[type[BaseException], ...] = (
-    errors.UntrustedContentError,
-    errors.UntrustedGlobalError,
+#: What a load may raise: the package's own refusals (every UnpicklingError that
+#: pyro_pickle_fix.errors defines), nothing else.
+REFUSALS: tuple[type[BaseException], ...] = tuple(
+    cls
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, pickle.UnpicklingError)
 )
 #: torch's weights-only unpickler with an allowlist of the load's own (torch 2.5+);
 #: without it the inputs are still checked for errors, memory and time.
@@ -484,3 +488,64 @@ def test_the_writer_lays_out_records_as_torch_save_does(seeds):
             assert raw == seed.raw, seed.name
         assert all(offset + width <= len(raw) for offset, width, _ in fields)
         assert mutations.write_pickle(seed.ops) == pickle_of(seed.records)
+
+
+# ---------------------------------------------------------------------------
+# Every input the fuzzing found, as a regular test: a genuine seed changed
+# deterministically, to the bytes the fuzzing found
+
+
+def _seed(seeds: list[Seed], name: str) -> Seed:
+    return next(seed for seed in seeds if seed.name == name)
+
+
+def with_field(seed: Seed, name: str, value: int) -> bytes:
+    """``seed`` in torch's layout, with one header field set to ``value``."""
+    raw, fields = mutations.write_archive(seed.records)
+    return mutations.set_field(raw, fields, name, value)
+
+
+def refusal(seed: Seed, raw: bytes, path: Path) -> BaseException | None:
+    """The fix's refusal of ``raw`` (None if it loads), within the budget; any other
+    error is raised."""
+    path.write_bytes(raw)
+    return load_through_fix(seed.kind, path, None)[1]
+
+
+@pytest.mark.parametrize("attributes", [0x10, 0x4B9B])
+def test_a_record_marked_as_a_directory_is_refused(seeds, tmp_path, attributes):
+    """Found by the archive fuzzing: torch (miniz) reads no data into a record whose
+    central-directory entry carries the DOS directory attribute (0x10), so
+    ``torch.load(weights_only=True)`` hands out the storage's uninitialized memory
+    as the parameter's values, where the fix read the record's bytes.  torch.save
+    never sets it: the fix refuses the file."""
+    raw = with_field(_seed(seeds, "module"), "archive/data/1 central external", attributes)
+    refused = refusal(_seed(seeds, "module"), raw, tmp_path / "directory.pt")
+    assert isinstance(refused, errors.UntrustedContentError), refused
+    assert refused.where == "archive/data/1" and "directory" in str(refused)
+
+
+#: The open findings of :data:`OPEN`, each as the fuzzing found it: (seed, header
+#: field, value).  Strict: each fails once its item makes it a refusal.
+OPEN_INPUTS = {
+    "an end record's directory offset beyond the file": (
+        "store",
+        "zip64 end directory offset",
+        10**6,
+    ),
+    "a version zipfile cannot read": ("store", "archive/data.pkl central needed", 64),
+    "an archive that spans disks": ("adam", "locator disks", 2),
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(OSError, NotImplementedError, zipfile.BadZipFile),
+    reason="open: issue 28 item 4 (every error from reading a crafted archive is the package's)",
+)
+@pytest.mark.parametrize("finding", sorted(OPEN_INPUTS))
+def test_a_crafted_archive_gets_the_packages_error(seeds, tmp_path, finding):
+    name, field, value = OPEN_INPUTS[finding]
+    seed = _seed(seeds, name)
+    refused = refusal(seed, with_field(seed, field, value), tmp_path / "open.pt")
+    assert isinstance(refused, REFUSALS)

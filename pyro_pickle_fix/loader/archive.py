@@ -39,6 +39,9 @@ _RECORDS = frozenset(
 )
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip file's local file header
 _STORAGE_KEY = re.compile(r"[0-9A-Za-z_]{1,64}")
+#: The MS-DOS directory attribute, in a central-directory entry's external
+#: attributes: torch.save writes 0 there.
+_DOS_DIRECTORY = 0x10
 
 
 class Archive:
@@ -93,6 +96,10 @@ class Archive:
                 )
             if info.flag_bits & 0x1:
                 self.refuse(name, "is encrypted")
+            if info.external_attr & _DOS_DIRECTORY:
+                # torch's reader (miniz) reads no data for it: torch.load would hand out
+                # the storage's uninitialized memory where this load reads the record.
+                self.refuse(name, "is marked as a directory (torch reads no data for it)")
             start = self._data_start(info)
             if start + info.file_size > length:
                 self.refuse(name, f"claims {info.file_size} bytes that the file does not hold")
