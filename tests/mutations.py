@@ -325,6 +325,20 @@ def mutate_pickle(data: st.DataObject, ops: list[Op]) -> list[Op]:
     return ops
 
 
+def mutate_arguments(data: st.DataObject, ops: list[Op]) -> list[Op]:
+    """``ops`` with one to three arguments changed (an integer, a float, a string, a
+    global, a memo index), the opcodes as they were: a pickle of the same shape,
+    which mostly gets past the unpickler to the checks."""
+    ops = list(ops)
+    places = [
+        at for at, each in enumerate(ops) if each.arg is not None and each.code.name != "PROTO"
+    ]
+    for _ in range(data.draw(st.integers(1, 3), label="argument mutations")):
+        at = data.draw(st.sampled_from(places), label="argument at")
+        ops[at] = replace(ops[at], arg=new_arg(data, ops[at]))
+    return ops
+
+
 def mutate_bytes(data: st.DataObject, raw: bytes, label: str) -> bytes:
     """``raw`` with a few bytes overwritten, inserted or deleted, or cut short."""
     how = data.draw(st.sampled_from(("overwrite", "insert", "delete", "truncate")), label=label)

@@ -82,7 +82,7 @@ LOG = os.environ.get("PYRO_PICKLE_FIX_FUZZ_LOG")
 _CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile(
     "pyro-pickle-fix-fuzz-ci",
-    max_examples=60,
+    max_examples=400,
     derandomize=True,
     database=None,
     deadline=None,
@@ -444,7 +444,10 @@ def archive(records: mutations.Records) -> bytes:
 @given(data=st.data())
 def test_a_changed_pickle_is_loaded_as_torch_loads_it_or_refused(seeds, scratch, data):
     seed = _draw_seed(data, seeds)
-    if data.draw(st.booleans(), label="as opcodes"):
+    how = data.draw(st.sampled_from(["arguments", "opcodes", "bytes"]), label="change")
+    if how == "arguments":
+        changed = mutations.write_pickle(mutations.mutate_arguments(data, seed.ops))
+    elif how == "opcodes":
         changed = mutations.write_pickle(mutations.mutate_pickle(data, seed.ops))
     else:
         changed = mutations.mutate_bytes(data, pickle_of(seed.records), "pickle bytes")
