@@ -73,6 +73,16 @@ class Archive:
                 "is not a zip archive as torch.save writes one (it may be torch's legacy "
                 "format, torch.save(..., _use_new_zipfile_serialization=False))",
             ) from error
+        first = min((info.header_offset for info in infos), default=0)
+        if first != 0:
+            # zipfile finds records where the end record says, shifted by what lies
+            # before them; torch reads a file that does not start with a record as
+            # its legacy format: the two would read two different files.
+            self.refuse(
+                "",
+                f"has its first record at byte {first}, not at byte 0 where torch.save "
+                "writes it (torch would not read it as this archive)",
+            )
         pickles = [info.filename for info in infos if info.filename.endswith("/data.pkl")]
         if len(pickles) != 1 or pickles[0].count("/") != 1:
             self.refuse("", "is not an archive of one torch.save() state (one */data.pkl)")
