@@ -436,6 +436,46 @@ def mutate_records(data: st.DataObject, records: Records) -> Records:
     return records
 
 
+_INTS = ("BININT1", "BININT2", "BININT", "LONG1")
+
+
+def declared_numel(ops: list[Op], key: str) -> tuple[int, int] | None:
+    """Where the pickle first declares storage ``key``'s number of elements (the
+    ``numel`` of ``('storage', type, key, location, numel)``), and that number."""
+    for at in range(len(ops) - 2):
+        declared = ops[at].code.name == "BINUNICODE" and ops[at].arg == key
+        if declared and ops[at + 2].code.name in _INTS:
+            return at + 2, int(ops[at + 2].arg)  # type: ignore[call-overload]
+    return None
+
+
+def resize_storage(data: st.DataObject, records: Records) -> Records:
+    """One storage made larger or smaller, its record and its declaration in the
+    pickle alike: a file as consistent as pyro's, whose tensors may now need more
+    than their storage holds."""
+    storages = [name for name, _ in records if "/data/" in name]
+    if not storages:
+        return records
+    name = data.draw(st.sampled_from(storages), label="storage")
+    payload = dict(records)[name]
+    ops = parse_pickle(next(p for n, p in records if n.endswith("/data.pkl")))
+    found = declared_numel(ops, name.rsplit("/", 1)[1])
+    if found is None or not found[1]:
+        return records
+    at, numel = found
+    itemsize = len(payload) // numel
+    new = data.draw(
+        st.one_of(st.integers(0, numel + 4), st.sampled_from([0, 1, 64])), label="numel"
+    )
+    ops[at] = op("BININT", new)
+    resized = (payload * (new // max(numel, 1) + 1))[: new * itemsize]
+    changed = {name: resized}
+    return [
+        (each, write_pickle(ops) if each.endswith("/data.pkl") else changed.get(each, body))
+        for each, body in records
+    ]
+
+
 def with_pickle(records: Records, change: Callable[[bytes], bytes]) -> Records:
     """``records`` with the pickle (``*/data.pkl``) changed."""
     return [
