@@ -409,6 +409,7 @@ def check_input(seed: Seed, raw: bytes, path: Path, map_location: Any = None) ->
         if LOG is None:
             raise
         _log(raw, failure, "failed")
+        event(f"failed: {type(failure).__name__}")
         return "failed"
 
 
@@ -433,7 +434,6 @@ def _log(raw: bytes, failure: BaseException | None, folder_name: str) -> None:
     (folder / f"{name}.pt").write_bytes(raw)
     if failure is not None:
         (folder / f"{name}.txt").write_text("".join(traceback.format_exception(failure)))
-        event(f"failed: {type(failure).__name__}")
 
 
 # ---------------------------------------------------------------------------
