@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import os
 import pickle
@@ -568,6 +569,22 @@ def test_an_archive_whose_records_are_not_where_torch_reads_them_is_refused(
     offsets escaped as OSError or ValueError from seek()."""
     seed = _seed(seeds, "adam")
     refused = refusal(seed, change(seed), tmp_path / "shifted.pt")
+    assert isinstance(refused, errors.UntrustedContentError), refused
+    assert "first record at byte" in str(refused)
+
+
+@pytest.mark.skipif(not ORACLE, reason="this torch has no weights-only allowlist to compare with")
+def test_a_legacy_file_with_an_archive_after_it_is_refused(seeds, tmp_path):
+    """What the finding above allowed: torch.load reads a file that does not start
+    with a zip record in its legacy format; zipfile reads the archive appended to
+    it.  torch loads the legacy state; the fix loaded the appended store."""
+    legacy = io.BytesIO()
+    state = {"params": {"x": torch.ones(2)}, "constraints": {"x": constraints.real}}
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    path = tmp_path / "both.pt"
+    path.write_bytes(legacy.getvalue() + _seed(seeds, "store").raw)
+    assert list(load_through_torch("store", path, None)["params"]) == ["x"]
+    refused = load_through_fix("store", path, None)[1]
     assert isinstance(refused, errors.UntrustedContentError), refused
     assert "first record at byte" in str(refused)
 
