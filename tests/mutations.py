@@ -442,10 +442,12 @@ _INTS = ("BININT1", "BININT2", "BININT", "LONG1")
 def declared_numel(ops: list[Op], key: str) -> tuple[int, int] | None:
     """Where the pickle first declares storage ``key``'s number of elements (the
     ``numel`` of ``('storage', type, key, location, numel)``), and that number."""
-    for at in range(len(ops) - 2):
-        declared = ops[at].code.name == "BINUNICODE" and ops[at].arg == key
-        if declared and ops[at + 2].code.name in _INTS:
-            return at + 2, int(ops[at + 2].arg)  # type: ignore[call-overload]
+    memo = ("BINPUT", "LONG_BINPUT", "MEMOIZE")
+    for at, each in enumerate(ops):
+        if each.code.name == "BINUNICODE" and each.arg == key:
+            after = [index for index in range(at + 1, len(ops)) if ops[index].code.name not in memo]
+            if len(after) > 1 and ops[after[1]].code.name in _INTS:  # (after the location)
+                return after[1], int(ops[after[1]].arg)  # type: ignore[call-overload]
     return None
 
 
