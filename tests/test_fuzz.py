@@ -38,6 +38,7 @@ import struct
 import threading
 import traceback
 import tracemalloc
+import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -300,12 +301,24 @@ def load_through_fix(
     return dict(optim._state_waiting_to_be_consumed), None
 
 
+@contextmanager
+def torch_weights_only() -> Iterator[None]:
+    """torch's weights-only loads with the constraint classes allowed, its warnings
+    about what a changed file holds (a pickle protocol, TypedStorage) silenced."""
+    with (
+        torch.serialization.safe_globals(pyro_pickle_fix.safe_globals()),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def load_through_torch(kind: str, path: Path, map_location: Any) -> Any:
     """What stock pyro would hold after loading ``path`` with torch's weights-only
     unpickler (the param store through its own ``set_state``); None if torch
     refuses it."""
     try:
-        with torch.serialization.safe_globals(pyro_pickle_fix.safe_globals()):
+        with torch_weights_only():
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch's refusal: nothing to compare with
         event(f"the fix loads, torch refuses: {type(error).__name__}")
@@ -421,7 +434,7 @@ def _torch_loads(path: Path, map_location: Any) -> bool:
     """Whether torch's weights-only unpickler loads ``path`` (what the fix refuses:
     kept with PYRO_PICKLE_FIX_FUZZ_LOG, to see what it refuses that torch takes)."""
     try:
-        with torch.serialization.safe_globals(pyro_pickle_fix.safe_globals()):
+        with torch_weights_only():
             torch.load(path, map_location=map_location, weights_only=True)
     except Exception:
         return False
