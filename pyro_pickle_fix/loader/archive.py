@@ -52,6 +52,9 @@ _STORED = 0  # compression method: none
 _UTF8 = 0x800  # flag: the name is UTF-8 (else code page 437)
 _ZIP64 = 0xFFFFFFFF  # a 32-bit field whose value is in the zip64 extra field
 _STORAGE_KEY = re.compile(r"[0-9A-Za-z_]{1,64}")
+#: The MS-DOS directory attribute, in a central-directory entry's external
+#: attributes: torch.save writes 0 there.
+_DOS_DIRECTORY = 0x10
 
 
 class Archive:
@@ -76,6 +79,15 @@ class Archive:
             raise self._untrusted(
                 "", f"could not be read as a zip archive ({type(error).__name__}: {error})"
             ) from error
+        first = min((offset for *_, offset in directory), default=0)
+        if first != 0:
+            # torch reads a file that does not start with a record as its legacy
+            # format: the two would read two different files.
+            self.refuse(
+                "",
+                f"has its first record at byte {first}, not at byte 0 where torch.save "
+                "writes it (torch would not read it as this archive)",
+            )
         pickles = [name for name, *_ in directory if name.endswith("/data.pkl")]
         if not pickles:
             self.damaged("", "is a zip archive that torch.save did not write: it holds no data.pkl")
@@ -85,7 +97,7 @@ class Archive:
         #: record name (without the top folder) -> (where its data starts, its size)
         self.records: dict[str, tuple[int, int]] = {}
         spans = []
-        for name, raw_name, flags, method, stored, size, offset in directory:
+        for name, raw_name, flags, method, stored, size, external, offset in directory:
             rest = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
             storage = rest.startswith("data/") and _STORAGE_KEY.fullmatch(rest[5:])
             if rest not in _RECORDS and not storage:
@@ -100,6 +112,10 @@ class Archive:
                 )
             if flags & 0x1:
                 self.refuse(name, "is encrypted")
+            if external & _DOS_DIRECTORY:
+                # torch's reader (miniz) reads no data for it: torch.load would hand out
+                # the storage's uninitialized memory where this load reads the record.
+                self.refuse(name, "is marked as a directory (torch reads no data for it)")
             start = self._data_start(name, raw_name, offset)
             if start + size > length:
                 self.refuse(name, f"claims {size} bytes that the file does not hold")
@@ -135,7 +151,9 @@ class Archive:
         end_at = length - tail_size + at
         before = tail[at - _LOCATOR.size : at] if at >= _LOCATOR.size else b""
         if before.startswith(_LOCATOR_SIGNATURE):  # zip64: the true figures are there
-            _, _, end64_at, _ = _LOCATOR.unpack(before)
+            _, locator_disk, end64_at, disks = _LOCATOR.unpack(before)
+            if locator_disk != 0 or disks != 1:  # torch's reader (miniz) reads one disk
+                self.refuse("", "is one part of a multi-part zip archive")
             if end64_at + _END64.size > end_at - _LOCATOR.size:
                 self.refuse("", "has a zip64 end record outside the file")
             file.seek(end64_at)
@@ -179,14 +197,14 @@ class Archive:
             "nor torch's legacy format)",
         )
 
-    def _directory(self) -> list[tuple[str, bytes, int, int, int, int, int]]:
+    def _directory(self) -> list[tuple[str, bytes, int, int, int, int, int, int]]:
         """The central directory, each record's (name, raw name, flags, method,
-        stored size, size, local header offset); its records counted as they are
-        read, and refused past :data:`MAX_RECORDS`."""
+        stored size, size, external attributes, local header offset); its records
+        counted as they are read, and refused past :data:`MAX_RECORDS`."""
         start, size, _ = self._end()
         self.file.seek(start)
         data = self.file.read(size)
-        found: list[tuple[str, bytes, int, int, int, int, int]] = []
+        found: list[tuple[str, bytes, int, int, int, int, int, int]] = []
         at = 0
         while at < size:
             if len(found) >= MAX_RECORDS:
@@ -218,7 +236,7 @@ class Archive:
                 full, stored, offset = self._zip64(
                     name, data[extra_at : extra_at + extra_length], full, stored, offset
                 )
-            found.append((name, raw_name, flags, method, stored, full, offset))
+            found.append((name, raw_name, flags, method, stored, full, fields[15], offset))
         return found
 
     def _zip64(
