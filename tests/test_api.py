@@ -193,7 +193,13 @@ def test_import_order_does_not_matter(order):
     code = PROBE if order == "fix first" else "import pyro.contrib.easyguide\n" + PROBE
     found = run_json(code, fix=None)
     assert found["patched"] is True
-    assert found["outcome"]["original"] == {"ok": True, "error": None, "unchanged": True}
+    assert found["outcome"]["original"] == {
+        "ok": True,
+        "error": None,
+        "unchanged": True,
+        "changes": [],
+    }
+    assert found["outcome"]["autoguide"] == {"changes": [], "error": None}
 
 
 @pytest.mark.parametrize("value", ["0", "false", "OFF", "No", " off "])

@@ -44,7 +44,8 @@ def test_reproduction_without_the_fix_shows_the_bug_where_pyro_has_it():
 def test_reproduction_with_the_fix_keeps_the_original_working():
     outcome = scenario.reproduce()
     assert outcome["fix_active"] is True
-    assert outcome["original"] == {"ok": True, "error": None, "unchanged": True}
+    assert outcome["original"] == {"ok": True, "error": None, "unchanged": True, "changes": []}
+    assert outcome["autoguide"] == {"changes": [], "error": None}
     assert outcome["loaded"] == {"ok": True, "error": None}
 
 
