@@ -98,3 +98,13 @@ def test_declared_dependency_bounds_are_what_the_matrix_tests():
     assert f'"pyro-ppl>={".".join(map(str, pyros[0]))}",' in text
     assert (pyros[0], pyros[-1]) == KNOWN_PYRO  # what the repairs were verified against
     assert f'"wrapt>={wrapts[0][0]}.{wrapts[0][1]},<{wrapts[-1][0] + 1}"' in text
+
+
+def test_every_fast_only_cell_is_a_cell_that_would_run_the_slow_tests():
+    # A stale entry would leave the slow tests where they were meant to be left out,
+    # silently: CI's time grows and nothing says why.
+    cells = [tuple(cell) for cell in _noxfile_constant("CELLS")]
+    for cell in _noxfile_constant("FAST_ONLY"):
+        assert cell in cells, cell
+        assert next(c for c in cells if (c[0], c[3]) == (cell[0], cell[3])) == cell, cell
+    assert cells[-1] not in _noxfile_constant("FAST_ONLY")  # the real programs run there
