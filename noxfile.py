@@ -30,8 +30,16 @@ nox.options.sessions = ["release", "startup", "tests", "engines"]
 
 #: Python -> the torch its cells run (a cell may name another).  2.0.1: the oldest
 #: torch pyproject allows (pyro-ppl 1.9 needs 2.0); 2.5.1: the last before torch.load defaulted to
-#: weights_only=True; 2.13.0: a local CPU wheel on 3.11; 2.15.0: the newest.
-TORCH = {"3.10": "2.0.1", "3.11": "2.13.0", "3.12": "2.5.1", "3.13": "2.15.0"}
+#: weights_only=True; 2.13.0: a local CPU wheel on 3.11; 2.15.0: the newest, and the first
+#: with wheels for 3.15.
+TORCH = {
+    "3.10": "2.0.1",
+    "3.11": "2.13.0",
+    "3.12": "2.5.1",
+    "3.13": "2.15.0",
+    "3.14": "2.15.0",
+    "3.15": "2.15.0",
+}
 #: What a torch needs beside it: torch 2.0 was built against NumPy 1.
 TORCH_EXTRAS = {"2.0.1": ["numpy<2"]}
 #: Disk a torch environment takes while it is built: the CUDA builds are 4.3-5.3 GB
@@ -39,37 +47,43 @@ TORCH_EXTRAS = {"2.0.1": ["numpy<2"]}
 TORCH_BUILD_GB = {"2.0.1": 8, "2.5.1": 9, "2.13.0": 2, "2.15.0": 9}
 WRAPT = {"1.17": "wrapt>=1.17,<1.18", "2": "wrapt>=2,<3"}
 #: Every Python we support; pyproject's requires-python and classifiers must agree.
-PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: Where neither PATH nor pyenv has one, dev.py makes it (``interpreters_on_path``).
+PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14", "3.15"]
 #: (Python, pyro-ppl, wrapt, torch).  The first cell of each Python and torch also
 #: runs the tests marked slow (subprocess checks that do not depend on the pyro-ppl
 #: release), so each runs once per Python and torch; those also marked once (the
 #: README's blocks, the command line, start-up in real venvs) run in the first
 #: cell only, and those marked programs (real Pyro programs, trained while saved)
-#: in the first and the last.  Every Python, torch and pyro-ppl is in some cell:
-#: pyro-ppl 1.9.1 (every bug) on 3.11 (torch 2.13.0 and 2.0.1) and 3.13 (the newest
-#: torch), 1.9.0 (the same patches) on 3.10, 1.9.2 on 3.12, 1.8.6 on 3.11.  Six
-#: cells, not every combination: CI's run stays within its time (CONTRIBUTING).
+#: in the first and the last.  Every Python, torch, pyro-ppl and wrapt is in some
+#: cell, each cell for a reason (below); not every combination: CI's run stays
+#: within its time (CONTRIBUTING).
 CELLS = [
+    # Every bug (pyro-ppl 1.9.1, the release most users are pinned to), on the local
+    # CPU wheel: the whole mutation check.
     ("3.11", "1.9.1", "2", "2.13.0"),
-    ("3.11", "1.8.6", "2", "2.13.0"),
     # torch 2.0 on Python 3.11+: torch.nn.Module has no __getstate__ of its own
     # there, so a module's state is its live __dict__ (object.__getstate__).
     ("3.11", "1.9.1", "2", "2.0.1"),
     # pyro-ppl 1.9.0 (the same patches as 1.9.1) with the torch it came out with,
     # and the oldest wrapt we allow, on the oldest torch and Python.
     ("3.10", "1.9.0", "1.17", "2.0.1"),
-    # pyro-ppl 1.9.2 (Group fixed upstream, loads trusting the file) on the last
-    # torch before weights-only loads became the default.
-    ("3.12", "1.9.2", "2", "2.5.1"),
-    ("3.13", "1.9.1", "2", "2.15.0"),
+    # The oldest pyro-ppl (GuideMessenger's bug, on Python 3.11+: its mutant), on
+    # the last torch before weights-only loads became the default.
+    ("3.12", "1.8.6", "2", "2.5.1"),
+    # pyro-ppl 1.9.2 (Group fixed upstream, loads trusting the file) on the newest
+    # torch: what `pip install pyro-ppl torch` gives.
+    ("3.13", "1.9.2", "2", "2.15.0"),
+    ("3.14", "1.9.1", "2", "2.15.0"),
+    # The newest of everything, and the real programs.
+    ("3.15", "1.9.2", "2", "2.15.0"),
 ]
 #: The cells that run the mutation check (tests/test_mutants.py), each with the
 #: pytest ``-k`` of the mutants it runs ("" for all). With the engines session's Dask
 #: mutant they kill every mutant: the first cell has every bug but GuideMessenger's,
-#: pyro-ppl 1.8.6 on 3.11 has that one. Elsewhere the check would repeat the same
+#: pyro-ppl 1.8.6 on 3.12 has that one. Elsewhere the check would repeat the same
 #: verdicts at minutes a cell; tools/mutants.py fails the matrix if a mutant is
 #: killed in no cell, so a -k that goes stale cannot pass unnoticed.
-MUTANT_CELLS = {CELLS[0]: "", ("3.11", "1.8.6", "2", "2.13.0"): "GuideMessenger"}
+MUTANT_CELLS = {CELLS[0]: "", ("3.12", "1.8.6", "2", "2.5.1"): "GuideMessenger"}
 #: (Python, pyro-ppl): real Ray and Dask clusters where pyro has every bug.
 ENGINE_CELLS = [("3.11", "1.9.1")]
 ENGINES = ["ray==2.60.0", "dask[distributed]==2026.8.0"]
@@ -103,17 +117,25 @@ def _cell_id(python: str, pyro: str, wrapt: str, torch: str) -> str:
     return f"py{python}-pyro{pyro}-wrapt{wrapt}{suffix}"
 
 
+#: Cells that run the fast tests only, though each is the first of its Python and
+#: torch: on torch 2.15.0 the slow tests run on the newest Python (the last cell),
+#: and 3.13 and 3.14 would repeat them at about a minute a cell (CI's time:
+#: CONTRIBUTING).  The startup session still runs tests/test_stdlib.py on both.
+FAST_ONLY = [("3.13", "1.9.2", "2", "2.15.0"), ("3.14", "1.9.1", "2", "2.15.0")]
+
+
 def _marks(cell: tuple[str, str, str, str]) -> str:
     """The tests a cell runs: all in the first; in the first cell of each other
-    Python and torch the slow ones except those marked ``once`` (and ``programs``,
-    but in the last cell); else the fast ones.
+    Python and torch (but those of :data:`FAST_ONLY`) the slow ones except those
+    marked ``once`` (and ``programs``, but in the last cell); else the fast ones.
 
     In CI the first cell leaves out the fast ones: ``python3 dev.py test`` has just
     run them on the same Python, torch and pyro-ppl (in ``.venv``).
     """
     if cell == CELLS[0]:
         return "slow or mutants" if os.environ.get("CI") == "true" else ""
-    if next(c for c in CELLS if (c[0], c[3]) == (cell[0], cell[3])) == cell:
+    first = next(c for c in CELLS if (c[0], c[3]) == (cell[0], cell[3])) == cell
+    if first and cell not in FAST_ONLY:
         return "not once" if cell == CELLS[-1] else "not once and not programs"
     return "not slow"
 

@@ -51,17 +51,14 @@ def test_a_python_neither_path_nor_pyenv_has_comes_from_the_provider(tmp_path, n
     assert _calls(tmp_path) == [ABSENT]
 
 
-def test_a_python_on_path_is_used_as_it_is(tmp_path, no_pyenv):
+def test_a_python_on_path_is_used_as_it_is(tmp_path, no_pyenv, monkeypatch):
     provider = _provider(tmp_path, "exit 1")
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / f"python{here}").symlink_to(sys.executable)
-    os.environ["PATH"] = os.pathsep.join([str(bin_dir), os.environ["PATH"]])
-    try:
-        env = dev.interpreters_on_path((here,), provider, tmp_path / "links")
-    finally:
-        os.environ["PATH"] = os.environ["PATH"].split(os.pathsep, 1)[1]
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), os.environ["PATH"]]))
+    env = dev.interpreters_on_path((here,), provider, tmp_path / "links")
     assert shutil.which(f"python{here}", path=env["PATH"]) == str(bin_dir / f"python{here}")
     assert _calls(tmp_path) == [] and not (tmp_path / "links").exists()
 

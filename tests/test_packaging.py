@@ -137,3 +137,13 @@ def test_the_package_imports_its_modules_in_one_direction():
                 if following not in seen:
                     seen.add(following)
                     stack.append([*path, following])
+
+
+def test_every_fast_only_cell_is_a_cell_that_would_run_the_slow_tests():
+    # A stale entry would leave the slow tests where they were meant to be left out,
+    # silently: CI's time grows and nothing says why.
+    cells = [tuple(cell) for cell in _noxfile_constant("CELLS")]
+    for cell in _noxfile_constant("FAST_ONLY"):
+        assert cell in cells, cell
+        assert next(c for c in cells if (c[0], c[3]) == (cell[0], cell[3])) == cell, cell
+    assert cells[-1] not in _noxfile_constant("FAST_ONLY")  # the real programs run there
