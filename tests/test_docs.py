@@ -131,16 +131,11 @@ def test_the_readme_links_every_page_and_every_link_resolves():
             assert (page.parent / target).exists(), (page.name, target)
 
 
-@pytest.mark.parametrize(
-    ("page", "place"),
-    [
-        ("how-it-works.md", "conditions"),
-        ("loading.md", "what the loads check and their limits"),
-        ("compatibility.md", "supported versions"),
-    ],
-)
-def test_the_places_left_for_other_text_are_there(page, place):
-    assert f'<!-- place: "{place}"' in (ROOT / "docs" / page).read_text()
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_no_place_left_for_other_text_is_still_empty(page):
+    # The places docs/ left for the loader's, the save side's and the matrix's text
+    # (issues 28-31) are filled; a marker left behind is text still to be written.
+    assert "<!-- place:" not in page.read_text()
 
 
 def test_the_compatibility_table_is_written_into_its_page(tmp_path):
