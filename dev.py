@@ -100,25 +100,32 @@ def interpreters_on_path(
     ]
     if missing and provider.is_file():
         links.mkdir(parents=True, exist_ok=True)
-        for version in missing:
-            print(
-                f"dev.py: no python{version} on PATH or in pyenv: {provider} {version}", flush=True
-            )
-            made = subprocess.run(
-                ["bash", str(provider), version], capture_output=True, text=True, check=False
-            )
-            if made.returncode:
-                # nox then reports the interpreter missing, for that version's sessions only.
-                print(f"dev.py: {provider} {version} failed: {made.stderr.strip()}", flush=True)
-                continue
-            # Made aside and renamed into place: the torch builder and the matrix may
-            # both be here at once.
-            aside = links / f".python{version}.{os.getpid()}"
-            aside.unlink(missing_ok=True)
-            aside.symlink_to(made.stdout.strip().splitlines()[-1])
-            os.replace(aside, links / f"python{version}")
+        with (links / ".lock").open("w") as lock:
+            # One provider at a time, across the torch builder and the matrix: two
+            # debian-python runs at once both install patchelf, and apt has one lock.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _provide(missing, provider, links)
         env["PATH"] = os.pathsep.join([str(links), env["PATH"]])
     return env
+
+
+def _provide(missing: list[str], provider: Path, links: Path) -> None:
+    """Link ``links/python3.X`` to what ``provider X.Y`` makes, for each missing version."""
+    for version in missing:
+        print(f"dev.py: no python{version} on PATH or in pyenv: {provider} {version}", flush=True)
+        made = subprocess.run(
+            ["bash", str(provider), version], capture_output=True, text=True, check=False
+        )
+        if made.returncode:
+            # nox then reports the interpreter missing, for that version's sessions only.
+            print(f"dev.py: {provider} {version} failed: {made.stderr.strip()}", flush=True)
+            continue
+        # Made aside and renamed into place: the torch builder and the matrix may
+        # both be here at once.
+        aside = links / f".python{version}.{os.getpid()}"
+        aside.unlink(missing_ok=True)
+        aside.symlink_to(made.stdout.strip().splitlines()[-1])
+        os.replace(aside, links / f"python{version}")
 
 
 def test(args: list[str]) -> int:
