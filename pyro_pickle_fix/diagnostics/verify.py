@@ -20,7 +20,7 @@ import sys
 import zipfile
 from typing import cast
 
-from ..errors import UntrustedContentError, UntrustedGlobalError
+from ..errors import DamagedFileError, UntrustedContentError, UntrustedGlobalError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -293,6 +293,10 @@ def verify_file(path: str) -> FileReport:
         except (UntrustedGlobalError, UntrustedContentError) as error:
             refusals.append(f"as {kind}: {_why(error, kind)}")
             continue
+        except DamagedFileError as error:  # the same for both loads: no need to try the other
+            report.code = UNREADABLE
+            report.reasons.append(f"cannot read it: it is damaged or truncated: {error}")
+            return report
         except OSError as error:
             report.code = UNREADABLE
             report.reasons.append(f"cannot read it: {error.strerror or error}")
