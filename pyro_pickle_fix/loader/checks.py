@@ -292,7 +292,21 @@ class Check:
                     f"is a {cls.__qualname__} with an attribute {short(name)}, which its "
                     f"constructor does not set (it sets {sorted(allowed) or 'none'})",
                 )
+        which = _slicing(obj)
+        if which is not None:
+            self.slicing(which, state, where)
         return list(state.items())
+
+    def slicing(self, which: str, state: dict[Any, Any], where: Where) -> None:
+        """A ``_Cat`` or ``_Stack`` as its constructor makes it: a list of
+        constraints, and (a ``_Cat``) a list of as many lengths.  Checked as the
+        walk reaches it, before the broadcast check spends a step or an entry of
+        its memory on a part."""
+        parts, lengths = state.get("cseq"), state.get("lengths")
+        if type(parts) is not list or not all(type(part) is Object for part in parts):
+            self.refuse(where, f"is a {which} whose cseq is not a list of constraints")
+        if which == "_Cat" and (type(lengths) is not list or len(lengths) != len(parts)):
+            self.refuse(where, f"is a _Cat without a length for each of its {len(parts)} parts")
 
     def fits(self, constraint: Any, param: Tensor | None, where: Where) -> None:
         """No tensor of the constraint broadcasts past the part of the parameter it
