@@ -1495,3 +1495,52 @@ def test_record_names_that_differ_only_in_case_are_refused(tmp_path):
     assert torch.equal(torchs["x"], torchs["y"])  # one record read for both
     refused = _refused_store(path, UntrustedContentError)
     assert "archive/data/A has the name of another record but for case" in str(refused)
+
+
+def _multistep() -> pyro.optim.PyroOptim:
+    return pyro.optim.MultiStepLR(
+        {
+            "optimizer": torch.optim.SGD,
+            "optim_args": {"lr": 0.01},
+            "milestones": [2, 2],
+            "gamma": 0.5,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [
+        # The next scheduler step computed 2 ** (10 ** 8): seconds and memory, or
+        # (a float gamma) an OverflowError, from a 1 kB file.
+        ("milestones", "counter", "['milestones']"),
+        ("gamma", 2**70, "['gamma']"),
+        ("gamma", "0.5", "['gamma']"),
+        ("base_lrs", ["0.01"], "['base_lrs']"),
+    ],
+)
+def test_a_scheduler_state_with_a_huge_count_or_a_field_that_is_no_number_is_refused(
+    tmp_path, field, value, where
+):
+    from collections import Counter
+
+    pyro.clear_param_store()
+    scheduler = _multistep()
+    loc = pyro.param("loc", torch.zeros(2))
+    scheduler([loc])
+    scheduler.step()
+    genuine = tmp_path / "genuine.pt"
+    scheduler.save(genuine)
+    state = torch.load(genuine, weights_only=False)
+    inner = state["loc"].get("scheduler", state["loc"])
+    assert inner["milestones"] == Counter({2: 2})  # a milestone listed twice counts 2
+    if value == "counter":
+        value = Counter({inner["last_epoch"] + 1: 10**8})
+    inner[field] = value
+    crafted = tmp_path / "crafted.pt"
+    torch.save(state, crafted)
+    again = _multistep()
+    again.load(genuine)  # the file pyro saved loads
+    with pytest.raises(UntrustedContentError) as refused:
+        _multistep().load(crafted)
+    assert refused.value.where.endswith(where), refused.value

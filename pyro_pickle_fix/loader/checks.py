@@ -22,6 +22,8 @@ test_load_budget.py`` holds it over the worst file of each limit):
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from .messages import (
     LOOKS,
     OPTIM,
@@ -268,9 +270,16 @@ class Check:
                 )
 
     def counter(self, counter: Counter, where: Where) -> None:
-        """A ``collections.Counter``: names or indices, each counted by an int."""
+        """A ``collections.Counter``: names or indices, each counted by an int from
+        1 to :data:`MAX_ENTRY_NODES` (a ``MultiStepLR``'s milestones, each as often
+        as its list repeats it, which a file could list no more often: the next
+        step computes ``gamma ** count``)."""
         for name, count in counter.counts.items():
-            if type(name) not in (str, int) or type(count) is not int:
+            if (
+                type(name) not in (str, int)
+                or type(count) is not int
+                or not 1 <= count <= MAX_ENTRY_NODES
+            ):
                 self.refuse(
                     where,
                     f"is a collections.Counter that counts {short(name)} as {short(count)}",
@@ -619,8 +628,19 @@ def check_optim(
 def _check_scheduler_state(
     check: Check, scheduler: type, value: dict[Any, Any], where: Where
 ) -> None:
-    """A scheduler's state, as its ``state_dict()`` writes it: see :func:`check_optim`."""
-    for key in value:
+    """A scheduler's state, as its ``state_dict()`` writes it: see :func:`check_optim`.
+    The numbers torch's schedulers keep (:data:`_SCHEDULER_NUMBERS`) are numbers,
+    an int within 64 bits: the next step computes with them (``gamma ** count``)."""
+    for key, number in value.items():
+        if key in _SCHEDULER_NUMBERS:
+            numbers = number if _SCHEDULER_NUMBERS[key] and type(number) is list else [number]
+            if not all(_is_number(each) for each in numbers):
+                check.refuse(
+                    (where, "[", key),
+                    f"is {describe(number)}, not "
+                    f"{'a list of numbers' if _SCHEDULER_NUMBERS[key] else 'a number'} "
+                    "(an int within 64 bits, a float or a tensor)",
+                )
         if type(key) is not str or key == "optimizer" or _is_descriptor(scheduler, key):
             check.refuse(
                 (where, "[", key),
@@ -628,3 +648,50 @@ def _check_scheduler_state(
                 "its load_state_dict() would set it on the scheduler, over "
                 f"{'its optimizer' if key == 'optimizer' else 'what its class defines'}",
             )
+
+
+#: The numbers in the state of torch's schedulers (``torch.optim.lr_scheduler``),
+#: by name: True for a list of them (one a parameter group).
+_SCHEDULER_NUMBERS = MappingProxyType(
+    {
+        **dict.fromkeys(
+            [
+                "T_0",
+                "T_cur",
+                "T_i",
+                "T_max",
+                "T_mult",
+                "_step_count",
+                "best",
+                "cooldown",
+                "cooldown_counter",
+                "end_factor",
+                "eps",
+                "eta_min",
+                "factor",
+                "gamma",
+                "last_epoch",
+                "num_bad_epochs",
+                "patience",
+                "power",
+                "start_factor",
+                "step_ratio",
+                "step_size",
+                "threshold",
+                "total_iters",
+                "total_size",
+                "total_steps",
+            ],
+            False,
+        ),
+        **dict.fromkeys(
+            ["_last_lr", "base_lrs", "min_lrs", "max_lrs", "base_momentums", "max_momentums"], True
+        ),
+    }
+)
+
+
+def _is_number(value: Any) -> bool:
+    """A float, a tensor (a learning rate may be one), or an int within 64 bits."""
+    kind = type(value)
+    return kind is float or kind is Tensor or (kind is int and -(2**63) <= value < 2**63)
