@@ -9,7 +9,9 @@ child that can load."""
 
 from __future__ import annotations
 
+import io
 import os
+import pickletools
 import struct
 import sys
 import tracemalloc
@@ -21,6 +23,7 @@ import pytest
 import torch
 from support import run_json
 from test_loading import (
+    REAL,
     G,
     New,
     _central_entry,
@@ -216,6 +219,32 @@ def test_a_sliced_constraint_is_checked_slice_by_slice(tmp_path, kind):
     assert "broadcast" in str(refused), refused
 
 
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"cseq": [{}, {}], "dim": 0, "lengths": [1, 1]}, "cseq is not a list of constraints"),
+        ({"cseq": [REAL, REAL], "dim": 0}, "_Cat without a length for each of its 2 parts"),
+        ({"cseq": [REAL, REAL], "dim": 0, "lengths": [2]}, "without a length for each"),
+    ],
+)
+def test_a_cat_unlike_what_its_constructor_makes_is_refused_before_the_broadcast_check(
+    tmp_path, monkeypatch, state, message
+):
+    # Parts that are no constraints, or no lengths (the check assumed [1] * parts):
+    # the broadcast check cached two entries a part before it found anything wrong.
+    def broadcast_check(*args):
+        raise AssertionError("the broadcast check ran")
+
+    monkeypatch.setattr(loader_checks.Check, "fits", broadcast_check)
+    cat = New(G("torch.distributions.constraints._Cat"), state)
+    path = write_file(
+        tmp_path / "cat.pt", store({"x": tensor("0", 2, (2,))}, {"x": cat}), {"0": floats(0, 0)}
+    )
+    refused = _refused_store(path, UntrustedContentError)
+    assert refused.where == "constraints['x']", refused
+    assert message in str(refused), refused
+
+
 def test_a_sliced_constraint_shared_by_many_parameters_is_compared_once(tmp_path, monkeypatch):
     # One _Cat of 100 parts over 2,000 parameters of one shape: each (constraint,
     # shape) pair is compared once for the whole file, not once a parameter.
@@ -345,6 +374,37 @@ def test_a_scheduler_state_pyro_saved_loads_into_the_scheduler(tmp_path):
 # The budget, over the worst files above
 
 
+def _cats_file(path: Path, params: int, parts: int, *, genuine: bool) -> Path:
+    """The attacker's file: ``params`` parameters of ``parts`` bytes, each under a
+    _Cat of ``parts`` parts, one byte of pickle or so a part (nothing memoized
+    that is not referred to again).  Not ``genuine``: the parts are empty dicts
+    and the lengths left out (the broadcast check assumed ``[1] * parts``);
+    ``genuine``: constraints.real, with their lengths, as _Cat's constructor sets
+    them."""
+    small = torch.zeros(1, dtype=torch.uint8)
+    base = torch.zeros(parts, dtype=torch.uint8)
+    params_, constraints_ = {}, {}
+    for index in range(params):
+        cat = constraints._Cat.__new__(constraints._Cat)
+        first = constraints.greater_than(small)
+        if genuine:
+            rest: list = [constraints._Real() for _ in range(parts - 1)]
+            cat.__dict__.update(cseq=[first, *rest], dim=0, lengths=[1] * parts)
+        else:
+            cat.__dict__.update(cseq=[{"t": small}] + [{} for _ in range(parts - 1)], dim=0)
+        params_[f"p{index}"] = base[:]
+        constraints_[f"p{index}"] = cat
+    buffer = io.BytesIO()
+    torch.save({"params": params_, "constraints": constraints_}, buffer)
+    with zipfile.ZipFile(buffer) as saved, zipfile.ZipFile(path, "w") as archive:
+        for info in saved.infolist():
+            data = saved.read(info)
+            archive.writestr(
+                info, pickletools.optimize(data) if info.filename.endswith(".pkl") else data
+            )
+    return path
+
+
 def _worst_files(tmp_path: Path) -> dict[str, tuple[Path, object]]:
     """Each finding's worst file, at a size a test can afford, and its load."""
     store_load = pyro.get_param_store().load
@@ -363,6 +423,11 @@ def _worst_files(tmp_path: Path) -> dict[str, tuple[Path, object]]:
     # The most objects a byte makes: an empty dict (or list) a byte, 9,000 an entry.
     files["empty dicts"] = (_lists_file(tmp_path / "dicts.pt", b"}", 9_000, 30), optim_load)
     files["empty lists"] = (_lists_file(tmp_path / "lists.pt", b"]", 9_000, 30), optim_load)
+    # A _Cat of 10,000 one-byte parts a parameter: the broadcast check cached two
+    # entries a part (some 150 bytes a byte of the file over the budget).
+    for genuine in (False, True):
+        path = _cats_file(tmp_path / f"cats{genuine}.pt", 40, 9_990, genuine=genuine)
+        files[f"cats, genuine={genuine}"] = (path, store_load)
     return files
 
 

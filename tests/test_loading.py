@@ -7,6 +7,7 @@ here or in test_roundtrip.py."""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -1424,3 +1425,122 @@ def test_every_value_from_the_file_in_a_message_is_cut_short(tmp_path, case):
     refused = refuse(path, error)
     assert len(str(refused)) < 1_500, (len(str(refused)), str(refused)[:300])
     assert "nnnnnnnnnn" in str(refused)
+
+
+def _records(state: object, prefix: str) -> list[tuple[str, bytes]]:
+    """The records torch.save writes for ``state``, under the top folder ``prefix``."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        return [
+            (prefix + info.filename.partition("/")[2], archive.read(info))
+            for info in archive.infolist()
+        ]
+
+
+def _stored_zip(members: list[tuple[str, bytes]], base: int = 0, comment: bytes = b"") -> bytes:
+    """A stored zip whose offsets count from ``base`` (to be placed there), with
+    ``comment`` after its end record."""
+    out, central = bytearray(), bytearray()
+    for name, payload in members:
+        central += _central_entry(name, payload, base + len(out))
+        out += _local_header(name, payload) + payload
+    count = len(members)
+    end = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(central), base + len(out), len(comment)
+    )
+    return bytes(out + central + end + comment)
+
+
+@pytest.mark.parametrize("trailer", [b"", b"\0"])
+def test_an_archive_hidden_in_the_end_records_comment_is_read_as_torch_reads_it_or_refused(
+    tmp_path, trailer
+):
+    # Two end records: the first one's comment holds a second archive (and maybe a
+    # byte more).  torch's reader takes the last end-record signature in the file;
+    # the loader read the first archive, whose comment reaches the end of the file.
+    first = _records(store({"x": torch.ones(2)}), "a/")
+    second = _records(store({"y": torch.full((3,), 7.0)}), "b/")
+    head = _stored_zip(first)
+    hidden = _stored_zip(second, base=len(head)) + trailer
+    path = tmp_path / "two_ends.pt"
+    path.write_bytes(head[:-2] + struct.pack("<H", len(hidden)) + hidden)
+    with torch.serialization.safe_globals(pyro_pickle_fix.safe_globals()):
+        torchs = torch.load(path, weights_only=True)
+    assert set(torchs["params"]) == {"y"}
+    try:
+        ours = loader.load_state(path)
+    except UntrustedContentError as error:
+        assert "end record" in str(error) or "first record at byte" in str(error), error
+        _refused_store(path, UntrustedContentError)
+    else:
+        assert set(ours["params"]) == set(torchs["params"])
+
+
+def test_record_names_that_differ_only_in_case_are_refused(tmp_path):
+    # torch's reader looks a record up without regard to case: it read archive/data/a
+    # for both storages, where the loader read each its own.
+    pickled = dumps(store({"x": tensor("a", 2, (2,)), "y": tensor("A", 2, (2,))}))
+    members = [
+        ("archive/data.pkl", pickled),
+        ("archive/byteorder", b"little"),
+        ("archive/version", b"3\n"),
+        ("archive/data/a", floats(1, 1)),
+        ("archive/data/A", floats(7, 7)),
+    ]
+    path = tmp_path / "case.pt"
+    path.write_bytes(_stored_zip(members))
+    with torch.serialization.safe_globals(pyro_pickle_fix.safe_globals()):
+        torchs = torch.load(path, weights_only=True)["params"]
+    assert torch.equal(torchs["x"], torchs["y"])  # one record read for both
+    refused = _refused_store(path, UntrustedContentError)
+    assert "archive/data/A has the name of another record but for case" in str(refused)
+
+
+def _multistep() -> pyro.optim.PyroOptim:
+    return pyro.optim.MultiStepLR(
+        {
+            "optimizer": torch.optim.SGD,
+            "optim_args": {"lr": 0.01},
+            "milestones": [2, 2],
+            "gamma": 0.5,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [
+        # The next scheduler step computed 2 ** (10 ** 8): seconds and memory, or
+        # (a float gamma) an OverflowError, from a 1 kB file.
+        ("milestones", "counter", "['milestones']"),
+        ("gamma", 2**70, "['gamma']"),
+        ("gamma", "0.5", "['gamma']"),
+        ("base_lrs", ["0.01"], "['base_lrs']"),
+    ],
+)
+def test_a_scheduler_state_with_a_huge_count_or_a_field_that_is_no_number_is_refused(
+    tmp_path, field, value, where
+):
+    from collections import Counter
+
+    pyro.clear_param_store()
+    scheduler = _multistep()
+    loc = pyro.param("loc", torch.zeros(2))
+    scheduler([loc])
+    scheduler.step()
+    genuine = tmp_path / "genuine.pt"
+    scheduler.save(genuine)
+    state = torch.load(genuine, weights_only=False)
+    inner = state["loc"].get("scheduler", state["loc"])
+    assert inner["milestones"] == Counter({2: 2})  # a milestone listed twice counts 2
+    if value == "counter":
+        value = Counter({inner["last_epoch"] + 1: 10**8})
+    inner[field] = value
+    crafted = tmp_path / "crafted.pt"
+    torch.save(state, crafted)
+    again = _multistep()
+    again.load(genuine)  # the file pyro saved loads
+    with pytest.raises(UntrustedContentError) as refused:
+        _multistep().load(crafted)
+    assert refused.value.where.endswith(where), refused.value

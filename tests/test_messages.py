@@ -214,3 +214,46 @@ def test_a_cut_short_file_is_a_damaged_file(tmp_path):
     cut.write_bytes(stored.read_bytes()[:-1])
     refused = _refused("store", cut, DamagedFileError)
     assert "is cut short" in str(refused), refused
+
+
+def test_a_refusal_reads_as_a_sentence_and_says_pyro_never_writes_that(tmp_path):
+    # It read "...: it is a builtins.dict with keys [...], not a dict with the keys
+    # 'params' and 'constraints', which a file that pyro saves never holds."
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"step": 3, "scale": 1.0}, path)
+    message = str(_refused("store", path, UntrustedContentError))
+    assert (
+        "it is a builtins.dict with keys ['step', 'scale'], not a dict with the keys "
+        "'params' and 'constraints'. pyro never writes that. Nothing was loaded." in message
+    ), message
+    assert "never holds" not in message
+
+
+def test_a_global_that_is_neither_a_tensor_nor_a_container_says_neither_nor(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    path = tmp_path / "payload.pt"
+    torch.save({"x": {"state": {}, "hook": Payload()}}, path)
+    message = str(_refused("optim", path, UntrustedGlobalError))
+    assert "neither a tensor rebuild nor a plain container," in message, message
+    torch.save(store({"x": torch.ones(1)}) | {"hook": Payload()}, path)
+    with pytest.raises(UntrustedGlobalError) as refused:  # (it names safe_globals())
+        pyro.get_param_store().load(path)
+    assert "neither a tensor rebuild, a plain container nor one of the constraint" in str(
+        refused.value
+    )
+
+
+def test_a_checkpoint_holding_a_stores_state_is_not_called_a_param_store_file(tmp_path):
+    # {'step', 'scale', 'store': get_state()} given to optim.load(): the first
+    # constraint class its pickle named made it "a param-store file".
+    pyro.clear_param_store()
+    pyro.param("a", torch.ones(2), constraint=torch.distributions.constraints.positive)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"step": 3, "scale": 1.0, "store": pyro.get_param_store().get_state()}, path)
+    refused = _refused("optim", path, UntrustedGlobalError)
+    assert refused.name == "torch.distributions.constraints._GreaterThan", refused
+    assert "param-store file" not in str(refused).split("pyro writes constraints")[0], refused
+    assert "is a constraint class: an optimizer file of pyro's never holds one" in str(refused)

@@ -19,6 +19,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.optim import Adam, StepLR
 
+import pyro_pickle_fix
 from pyro_pickle_fix.diagnostics.verify import verify_file
 
 
@@ -201,3 +202,22 @@ def test_a_file_in_torch_s_legacy_format_is_refused_as_the_loads_refuse_it(tmp_p
     # Damaged after its first bytes, it is still that format: refused, not unreadable.
     path.write_bytes(path.read_bytes()[:40])
     assert verify_file(str(path)).code == 1
+
+
+def test_a_bit_flipped_pickle_gets_the_loads_verdict_and_reason(files, tmp_path):
+    # One byte of the pickle changed (its CRC no longer matches): the loads refuse
+    # it for the global it now names, where verify read it with zipfile, which
+    # checks the CRC, and said "cannot read" (exit 2).
+    from pyro_pickle_fix.diagnostics.verify import STORE, _why
+
+    raw = files["store"].read_bytes()
+    assert raw.count(b"OrderedDict") >= 1
+    path = tmp_path / "flipped.pt"
+    path.write_bytes(raw.replace(b"OrderedDict", b"OrderedDicu", 1))
+    pyro.clear_param_store()
+    with pytest.raises(pyro_pickle_fix.UntrustedGlobalError) as refused:
+        pyro.get_param_store().load(path)
+    report = verify_file(str(path))
+    assert report.verdict == "refused" and report.code == 1, report.reasons
+    assert f"as {STORE}: {_why(refused.value, STORE)}" in report.reasons, report.reasons
+    assert cli(path).returncode == 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import pickletools
 import sys
-import zipfile
 from typing import cast
 
 from ..errors import DamagedFileError, UntrustedContentError, UntrustedGlobalError
@@ -230,33 +229,39 @@ def _legacy(path: str) -> bool:
         return False
 
 
-def _scan(report: FileReport) -> None:
-    """Name what a file both loads refused would import, or say why it cannot be read."""
+def _pickle_of(path: str) -> bytes | None:
+    """The pickle the loads read, from the archive as they read it (the loader's
+    own reader, not :mod:`zipfile`, which checks what they do not, such as a
+    record's CRC, and reads another end record than torch's); None where that
+    reader refuses the archive (the loads' refusal says why)."""
+    from ..loader.archive import Archive
+    from ..loader.messages import STORE as STORE_KIND
     from ..loader.unpickler import MAX_PICKLE
 
     try:
-        with zipfile.ZipFile(report.path) as archive:
-            records = [info for info in archive.infolist() if info.filename.endswith("/data.pkl")]
-            if len(records) != 1 or records[0].file_size > MAX_PICKLE:
-                report.reasons.append(
-                    "its archive holds no data.pkl of at most 16 MiB, as torch.save writes"
-                )
-                return
-            pickle = archive.read(records[0])
-        names = list(dict.fromkeys(_globals(pickle)))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+        with open(path, "rb") as file:
+            return Archive(file, path, STORE_KIND).small("data.pkl", MAX_PICKLE)
+    except (UntrustedContentError, DamagedFileError, OSError):
+        return None
+
+
+def _scan(report: FileReport) -> None:
+    """Name what a file both loads refused would import (read as opcodes, never
+    run); the verdict and its reasons stay the loads' own."""
+    pickle = _pickle_of(report.path)
+    if pickle is None:
         if _legacy(report.path):
             report.reasons.append(
                 "it is in torch's legacy format (torch.save(..., "
                 "_use_new_zipfile_serialization=False)), which both loads refuse: save it "
                 "again with torch.save's default format where you trust it"
             )
-            return
-        report.code = UNREADABLE
-        report.reasons = [
-            f"not a torch.save archive that can be read ({type(error).__name__}: {error}): "
-            "damaged or truncated"
-        ]
+        return
+    try:
+        names = list(dict.fromkeys(_globals(pickle)))
+    except (ValueError, EOFError, NotImplementedError):
+        # A pickle pickletools cannot read to its end (a flipped bit): the loads
+        # refused it already, and that is the verdict.
         return
     from ..loader import ALLOWED
 

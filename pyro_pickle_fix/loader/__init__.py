@@ -32,7 +32,7 @@ from .archive import Archive
 from .build import Build
 from .checks import Check, check_optim, check_store
 from .messages import OPTIM, STORE
-from .unpickler import MAX_PICKLE, Unpickler
+from .unpickler import MAX_PICKLE, NamesConstraint, Unpickler, refuse_constraint
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,7 +56,10 @@ def _load(
         if data is None:
             archive.refuse("data.pkl", "is missing")
         unpickler = Unpickler(data, archive, allowed_for(kind))
-        state = unpickler.load()
+        try:
+            state = unpickler.load()
+        except NamesConstraint as named:
+            refuse_constraint(data, archive, named.name)
         check = Check(filename, kind, archive.length, unpickler.shared)
         if kind is STORE:
             check_store(check, state)

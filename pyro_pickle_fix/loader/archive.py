@@ -97,6 +97,7 @@ class Archive:
         #: record name (without the top folder) -> (where its data starts, its size)
         self.records: dict[str, tuple[int, int]] = {}
         spans = []
+        folded: set[str] = set()  # the names so far, lower-cased
         for name, raw_name, flags, method, stored, size, external, offset in directory:
             rest = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
             storage = rest.startswith("data/") and _STORAGE_KEY.fullmatch(rest[5:])
@@ -104,6 +105,11 @@ class Archive:
                 self.refuse(name, "is a record that torch.save does not write")
             if rest in self.records:
                 self.refuse(name, "is in the archive twice")
+            if name.lower() in folded:
+                # torch's reader (miniz) looks a record up without regard to case:
+                # it would read one of the two for both.
+                self.refuse(name, "has the name of another record but for case")
+            folded.add(name.lower())
             if method != _STORED or stored != size:
                 self.refuse(
                     name,
@@ -140,13 +146,21 @@ class Archive:
         tail_size = min(length, _END.size + 0xFFFF)  # the end record and its comment
         file.seek(length - tail_size)
         tail = file.read(tail_size)
-        at = len(tail)
-        while (at := tail.rfind(_END_SIGNATURE, 0, at)) >= 0:  # the last end record
-            whole = at + _END.size <= len(tail)  # whose comment ends the file
-            if whole and at + _END.size + _END.unpack_from(tail, at)[-1] == len(tail):
-                break
+        # torch's reader (miniz) takes the last end-record signature in the file,
+        # whatever comes after it: this load takes the same one, and refuses it
+        # unless its comment ends the file exactly (else the end record read would
+        # be one that hides another archive, or one cut short).
+        # (miniz skips a signature with less than a whole end record after it.)
+        at = tail.rfind(_END_SIGNATURE, 0, len(tail) - _END.size + len(_END_SIGNATURE))
         if at < 0:  # no end record: cut short, or not a zip at all
             self._not_a_zip()
+        if at + _END.size + _END.unpack_from(tail, at)[-1] != len(tail):
+            self.refuse(
+                "",
+                "has bytes after its last zip end record that its comment does not hold "
+                "(torch.save writes no comment; this is the end record torch reads, and "
+                "another archive may be hidden before it)",
+            )
         _, disk, start_disk, _, _, size, start, _ = _END.unpack_from(tail, at)
         end_at = length - tail_size + at
         before = tail[at - _LOCATOR.size : at] if at >= _LOCATOR.size else b""

@@ -22,6 +22,8 @@ test_load_budget.py`` holds it over the worst file of each limit):
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from .messages import (
     LOOKS,
     OPTIM,
@@ -268,9 +270,16 @@ class Check:
                 )
 
     def counter(self, counter: Counter, where: Where) -> None:
-        """A ``collections.Counter``: names or indices, each counted by an int."""
+        """A ``collections.Counter``: names or indices, each counted by an int from
+        1 to :data:`MAX_ENTRY_NODES` (a ``MultiStepLR``'s milestones, each as often
+        as its list repeats it, which a file could list no more often: the next
+        step computes ``gamma ** count``)."""
         for name, count in counter.counts.items():
-            if type(name) not in (str, int) or type(count) is not int:
+            if (
+                type(name) not in (str, int)
+                or type(count) is not int
+                or not 1 <= count <= MAX_ENTRY_NODES
+            ):
                 self.refuse(
                     where,
                     f"is a collections.Counter that counts {short(name)} as {short(count)}",
@@ -292,7 +301,21 @@ class Check:
                     f"is a {cls.__qualname__} with an attribute {short(name)}, which its "
                     f"constructor does not set (it sets {sorted(allowed) or 'none'})",
                 )
+        which = _slicing(obj)
+        if which is not None:
+            self.slicing(which, state, where)
         return list(state.items())
+
+    def slicing(self, which: str, state: dict[Any, Any], where: Where) -> None:
+        """A ``_Cat`` or ``_Stack`` as its constructor makes it: a list of
+        constraints, and (a ``_Cat``) a list of as many lengths.  Checked as the
+        walk reaches it, before the broadcast check spends a step or an entry of
+        its memory on a part."""
+        parts, lengths = state.get("cseq"), state.get("lengths")
+        if type(parts) is not list or not all(type(part) is Object for part in parts):
+            self.refuse(where, f"is a {which} whose cseq is not a list of constraints")
+        if which == "_Cat" and (type(lengths) is not list or len(lengths) != len(parts)):
+            self.refuse(where, f"is a _Cat without a length for each of its {len(parts)} parts")
 
     def fits(self, constraint: Any, param: Tensor | None, where: Where) -> None:
         """No tensor of the constraint broadcasts past the part of the parameter it
@@ -605,8 +628,19 @@ def check_optim(
 def _check_scheduler_state(
     check: Check, scheduler: type, value: dict[Any, Any], where: Where
 ) -> None:
-    """A scheduler's state, as its ``state_dict()`` writes it: see :func:`check_optim`."""
-    for key in value:
+    """A scheduler's state, as its ``state_dict()`` writes it: see :func:`check_optim`.
+    The numbers torch's schedulers keep (:data:`_SCHEDULER_NUMBERS`) are numbers,
+    an int within 64 bits: the next step computes with them (``gamma ** count``)."""
+    for key, number in value.items():
+        if key in _SCHEDULER_NUMBERS:
+            numbers = number if _SCHEDULER_NUMBERS[key] and type(number) is list else [number]
+            if not all(_is_number(each) for each in numbers):
+                check.refuse(
+                    (where, "[", key),
+                    f"is {describe(number)}, not "
+                    f"{'a list of numbers' if _SCHEDULER_NUMBERS[key] else 'a number'} "
+                    "(an int within 64 bits, a float or a tensor)",
+                )
         if type(key) is not str or key == "optimizer" or _is_descriptor(scheduler, key):
             check.refuse(
                 (where, "[", key),
@@ -614,3 +648,50 @@ def _check_scheduler_state(
                 "its load_state_dict() would set it on the scheduler, over "
                 f"{'its optimizer' if key == 'optimizer' else 'what its class defines'}",
             )
+
+
+#: The numbers in the state of torch's schedulers (``torch.optim.lr_scheduler``),
+#: by name: True for a list of them (one a parameter group).
+_SCHEDULER_NUMBERS = MappingProxyType(
+    {
+        **dict.fromkeys(
+            [
+                "T_0",
+                "T_cur",
+                "T_i",
+                "T_max",
+                "T_mult",
+                "_step_count",
+                "best",
+                "cooldown",
+                "cooldown_counter",
+                "end_factor",
+                "eps",
+                "eta_min",
+                "factor",
+                "gamma",
+                "last_epoch",
+                "num_bad_epochs",
+                "patience",
+                "power",
+                "start_factor",
+                "step_ratio",
+                "step_size",
+                "threshold",
+                "total_iters",
+                "total_size",
+                "total_steps",
+            ],
+            False,
+        ),
+        **dict.fromkeys(
+            ["_last_lr", "base_lrs", "min_lrs", "max_lrs", "base_momentums", "max_momentums"], True
+        ),
+    }
+)
+
+
+def _is_number(value: Any) -> bool:
+    """A float, a tensor (a learning rate may be one), or an int within 64 bits."""
+    kind = type(value)
+    return kind is float or kind is Tensor or (kind is int and -(2**63) <= value < 2**63)

@@ -39,7 +39,7 @@ class Kind:
 
 STORE = Kind(
     "a param-store file",
-    "a tensor rebuild, a plain container or one of the constraint classes that "
+    "a tensor rebuild, a plain container nor one of the constraint classes that "
     "pyro_pickle_fix.safe_globals() lists",
     "pyro.get_param_store().set_state(torch.load(path, weights_only=False))",
     ("pyro.get_param_store().save(path)", "pyro.get_param_store().load(path)"),
@@ -47,7 +47,7 @@ STORE = Kind(
 )
 OPTIM = Kind(
     "an optimizer file",
-    "a tensor rebuild or a plain container",
+    "a tensor rebuild nor a plain container",
     "optim.set_state(torch.load(path, weights_only=False))",
     (
         "optim.save(path)",
@@ -68,9 +68,11 @@ LOOKS = MappingProxyType(
 
 
 def refuse(filename: Any, kind: Kind, where: str, what: str, fix: str = "") -> NoReturn:
+    """What the file holds that pyro never writes: ``where`` (a place in the state,
+    a record; empty: the file) ``what`` (a clause that reads on from it)."""
     raise UntrustedContentError(
         f"pyro-pickle-fix refused to load {str(filename)!r} as {kind.what}: {where or 'it'} "
-        f"{what}, which a file that pyro saves never holds. Nothing was loaded. "
+        f"{what}. pyro never writes that. Nothing was loaded. "
         f"{fix + ' ' if fix else ''}If you trust the whole file, load it yourself: "
         f"{kind.trusted}.",
         where,
@@ -230,6 +232,11 @@ def refuse_global(
         why = (
             "which makes a kind of tensor that pyro's files never hold (only dense "
             "tensors whose data is in the file, and Parameters of them, load)"
+        )
+    elif not kind.constraints and cls is not None and is_constraint_class(cls):
+        why = (
+            f"which is a constraint class: {kind.what} of pyro's never holds one (pyro "
+            "writes constraints in the param-store file only)"
         )
     elif name in DATA_GLOBALS:
         why = f"which is data that {kind.what} of pyro's never holds (it runs no code)"

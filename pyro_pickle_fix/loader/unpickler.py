@@ -6,10 +6,11 @@ checked against its record in the archive.  What it may allocate is bounded by
 
 from __future__ import annotations
 
+import pickle
 import re
 import struct
 
-from .allowed import ALLOWED
+from .allowed import ALLOWED, allowed_for
 from .messages import (
     LOOKS,
     STORE,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
     from .archive import Archive
+    from .messages import Kind
 
 #: The pickle of a state (``data.pkl``): pyro writes some 150 bytes a parameter
 #: in a param-store file and some 350 in an optimizer file.
@@ -63,14 +65,38 @@ _REBUILDS = ("_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_wit
 _LOCATION = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,4})?")
 
 
+class NamesConstraint(Exception):
+    """An optimizer file's pickle names a constraint class of pyro's (``name``)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def refuse_constraint(data: bytes, archive: Archive, name: str) -> NoReturn:
+    """An optimizer load whose pickle names the constraint class ``name``: a
+    param-store file (read as one, its keys 'params' and 'constraints') is said
+    to be one, with the load that reads it; any other file is refused for the
+    global, as any other global is."""
+    try:
+        state = Unpickler(data, archive, allowed_for(STORE), STORE).load()
+    except pickle.UnpicklingError:
+        state = None
+    if type(state) is dict and set(state) == {"params", "constraints"}:
+        other_kind(archive.filename, archive.kind, LOOKS["store"], f"Load it with {STORE.reader}.")
+    refuse_global(archive.filename, archive.kind, name)
+
+
 class Unpickler:
     """The opcodes of pickle protocol 2 that ``torch.save`` writes, and nothing
     else; what a GLOBAL names only through :meth:`find_class`."""
 
-    def __init__(self, data: bytes, archive: Archive, allowed: dict[str, type]) -> None:
+    def __init__(
+        self, data: bytes, archive: Archive, allowed: dict[str, type], kind: Kind | None = None
+    ) -> None:
         self.data = data
         self.archive = archive
-        self.kind = archive.kind
+        self.kind = kind or archive.kind  # what it is read as
         self.allowed = allowed  # constraint classes, by module.qualname: this load's own
         self.storages: dict[str, Storage] = {}
         self.objects = 0
@@ -98,9 +124,9 @@ class Unpickler:
         if cls is not None:
             return Global(dotted, "class", cls)
         if not self.kind.constraints and dotted in ALLOWED:  # a constraint of pyro's
-            other_kind(
-                self.archive.filename, self.kind, LOOKS["store"], f"Load it with {STORE.reader}."
-            )
+            # A param-store file, or some other file that holds constraints (a
+            # checkpoint with the store's state in it): only the whole pickle says.
+            raise NamesConstraint(dotted)
         refuse_global(self.archive.filename, self.kind, dotted, self.allowed)
 
     def persistent_load(self, pid: Any) -> Storage:
