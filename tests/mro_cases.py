@@ -338,6 +338,20 @@ def deepcopy_through_torch_function() -> Any:
     return {"subclass calls": list(Logged.calls), "mode calls": mode.calls, "copies": copies}
 
 
+@case
+def calls_without_an_instance() -> Any:
+    # A wrapped and an added method called through the class, without an instance
+    # of it: stock's result or error.
+    pyro.param("x", torch.ones(2))  # (pyro imported and used: the repairs are in)
+    calls: dict[str, Callable[[], Any]] = {
+        "AutoGuide.__getstate__()": lambda: AutoGuide.__getstate__(),
+        "Tensor.__getstate__()": lambda: torch.Tensor.__getstate__(),
+        "Tensor.__getstate__(1)": lambda: torch.Tensor.__getstate__(1),
+        "EasyGuide.__setstate__()": lambda: EasyGuide.__setstate__(),
+    }
+    return {name: _outcome(lambda c=call: repr(c())) for name, call in calls.items()}
+
+
 def _outcome(run: Callable[[], Any]) -> Any:
     """What ``run`` returns, or the type and message of what it raised."""
     try:

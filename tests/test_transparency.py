@@ -44,6 +44,8 @@ def outcomes() -> dict[bool, dict[str, object]]:
         "copy_of_a_guide_list_with_children_of_their_own",
         # Tensor.__deepcopy__ reads nothing through a __torch_function__ before torch.
         "deepcopy_through_torch_function",
+        # A method called through the class without an instance: stock's result or error.
+        "calls_without_an_instance",
     ],
 )
 def test_the_fix_gives_what_stock_gives(outcomes, case):

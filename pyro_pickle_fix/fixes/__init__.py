@@ -42,7 +42,8 @@ def inherited_state(owner: type, obj: Any) -> Any:
 def computed_state(compute: Callable[[Any, Any], Any]) -> Callable[[Any], Wrapper]:
     """A ``wrap`` fix for a method that takes no arguments (``__getstate__``,
     ``get_state``) from ``compute(owner, instance)``, which returns the state: called
-    with arguments, pyro's own method runs (and raises its ``TypeError``)."""
+    with arguments, or through the class without an instance, pyro's own method
+    runs (and raises its ``TypeError``)."""
 
     def make(owner: Any) -> Wrapper:
         def wrapper(
@@ -51,7 +52,7 @@ def computed_state(compute: Callable[[Any, Any], Any]) -> Callable[[Any], Wrappe
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            if args or kwargs:
+            if args or kwargs or instance is None:  # (through the class, no instance)
                 return wrapped(*args, **kwargs)
             return compute(owner, instance)
 
