@@ -376,10 +376,24 @@ def _added(owner: type, name: str, fix: Any) -> Any:
     instance runs without it (the next in its MRO after ``owner``: a mixin's, a
     user base's) or None where there is none (copy's or pickle's own fallback)."""
 
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return fix(getattr(super(owner, self), name, None), self, args, kwargs)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        if not args or not isinstance(args[0], owner):
+            # Called through the class without an instance of it: what stock finds
+            # there runs, with its own result or error.
+            return _next_in_mro(owner, name)(*args, **kwargs)
+        self, *rest = args
+        return fix(getattr(super(owner, self), name, None), self, tuple(rest), kwargs)
 
     return method
+
+
+def _next_in_mro(owner: type, name: str) -> Any:
+    """``owner.name`` as stock has it, where the fix adds ``name`` to ``owner``: the
+    next class in its MRO that defines it (``object.__getstate__``)."""
+    for cls in owner.__mro__[1:]:
+        if name in vars(cls):
+            return vars(cls)[name]
+    raise AttributeError(f"type object {owner.__name__!r} has no attribute {name!r}")
 
 
 def _describe(function: Any) -> str:

@@ -9,6 +9,7 @@ type and message, so that one case that fails leaves the others to be compared.
 
 from __future__ import annotations
 
+import collections
 import copy
 import io
 import json
@@ -17,7 +18,7 @@ import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -183,6 +184,172 @@ def copy_replace() -> Any:
     guide = _guide_list()[0]
     value = pyro.param("x", torch.zeros(2))
     return [_outcome(lambda obj=obj: _described(replace(obj))) for obj in (guide, value)]
+
+
+class DictState:
+    """A base whose state is a dict copied from the ``__dict__`` (empty after stock's pop)."""
+
+    def __getstate__(self) -> Any:
+        return dict(self.__dict__)
+
+
+class NoState:
+    """A base that says the object has no ``__getstate__``: torch takes its fallback."""
+
+    __getstate__ = None
+
+
+class OrderedState:
+    """A base whose state is an ``OrderedDict`` built from the ``__dict__``."""
+
+    def __getstate__(self) -> Any:
+        return collections.OrderedDict(self.__dict__)
+
+
+class NestedState:
+    """A base whose state holds a copy of the ``__dict__`` one level down."""
+
+    def __getstate__(self) -> Any:
+        return {"attributes": dict(self.__dict__), "version": 2}
+
+
+def _stored_tensor(base: type, **attributes: Any) -> Any:
+    """A pyro.param() value of a tensor subclass over ``base``, carrying pyro's
+    weakref: what the param store's state and its save write, and what loads."""
+    subclass = type(f"Over{base.__name__}", (torch.Tensor, base), {"__module__": __name__})
+    globals()[subclass.__name__] = subclass  # (pickle finds the class by name)
+    pyro.clear_param_store()
+    value = torch.ones(2).as_subclass(subclass)
+    vars(value).update(attributes)
+    pyro.param("x", value)
+    state = pyro.get_param_store().get_state()
+    written = [_pickled(protocol)(state) for protocol in (2, 5)] + [_saved(state)]
+    loaded = pickle.loads(pickle.dumps(state))["params"]["x"]
+    return {"written": written, "loaded": [type(loaded).__name__, sorted(vars(loaded).items())]}
+
+
+@case
+def tensor_state_left_empty() -> Any:
+    return {
+        base.__name__: _outcome(lambda b=base: _stored_tensor(b)) for base in (DictState, NoState)
+    }
+
+
+@case
+def tensor_state_of_another_shape() -> Any:
+    return {
+        base.__name__: _outcome(lambda b=base: _stored_tensor(b, units="m"))
+        for base in (OrderedState, NestedState)
+    }
+
+
+def _tensor_from_list(values: list[float]) -> Any:
+    return torch.tensor(values).as_subclass(ReducedTensor)
+
+
+class ReducedTensor(torch.Tensor):
+    """A tensor subclass that ``copy.copy`` copies through its own ``__reduce__``."""
+
+    __reduce_ex__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> Any:
+        return (_tensor_from_list, (self.tolist(),))
+
+
+class UncopyableTensor(torch.Tensor):
+    __reduce_ex__ = None  # type: ignore[assignment]
+    __reduce__ = None  # type: ignore[assignment]
+
+
+@case
+def copy_of_a_tensor_without_reduce_ex() -> Any:
+    found = {}
+    for cls in (ReducedTensor, UncopyableTensor):
+        pyro.clear_param_store()
+        value = pyro.param("x", torch.ones(2).as_subclass(cls))
+        found[cls.__name__] = _outcome(
+            lambda v=value: [type(c := copy.copy(v)).__name__, c.tolist(), sorted(vars(c))]
+        )
+    return found
+
+
+class NeedsModel(AutoDelta):
+    """A child guide whose ``__new__`` takes the constructor's arguments."""
+
+    def __new__(cls, model: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().__new__(cls)
+
+
+class TupleState(AutoDelta):
+    """A child guide with a state of its own shape and the matching ``__setstate__``."""
+
+    def __getstate__(self) -> Any:
+        return (super().__getstate__(), "v2")
+
+    def __setstate__(self, state: Any) -> None:
+        inner, _version = state
+        super().__setstate__(inner)
+
+
+@case
+def copy_of_a_guide_list_with_children_of_their_own() -> Any:
+    found = {}
+    for part in (NeedsModel, TupleState):
+        guides = _guide_list(part)
+        found[part.__name__] = _outcome(
+            lambda g=guides: [[type(c).__name__, c.master() is g] for c in copy.copy(g)]
+        )
+    return found
+
+
+class Logged(torch.Tensor):
+    """A tensor subclass whose ``__torch_function__`` records what reaches it."""
+
+    calls: ClassVar[list[str]] = []
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        cls.calls.append(func.__name__)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+class LoggingMode(torch.overrides.TorchFunctionMode):
+    """A ``__torch_function__`` mode that records what reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@case
+def deepcopy_through_torch_function() -> Any:
+    pyro.param("x", torch.ones(2))  # (pyro imported and used: the repairs are in)
+    leaf = torch.ones(2).as_subclass(Logged)
+    non_leaf = (torch.ones(2, requires_grad=True) * 2).as_subclass(Logged)
+    Logged.calls.clear()
+    copies = [_outcome(lambda t=t: type(copy.deepcopy(t)).__name__) for t in (leaf, non_leaf)]
+    plain = torch.ones(2)  # (a non-leaf one the fix copies, where stock raises)
+    with LoggingMode() as mode:
+        copies.append(_outcome(lambda: copy.deepcopy(plain).tolist()))
+    return {"subclass calls": list(Logged.calls), "mode calls": mode.calls, "copies": copies}
+
+
+@case
+def calls_without_an_instance() -> Any:
+    # A wrapped and an added method called through the class, without an instance
+    # of it: stock's result or error.
+    pyro.param("x", torch.ones(2))  # (pyro imported and used: the repairs are in)
+    calls: dict[str, Callable[[], Any]] = {
+        "AutoGuide.__getstate__()": lambda: AutoGuide.__getstate__(),
+        "Tensor.__getstate__()": lambda: torch.Tensor.__getstate__(),
+        "Tensor.__getstate__(1)": lambda: torch.Tensor.__getstate__(1),
+        "EasyGuide.__setstate__()": lambda: EasyGuide.__setstate__(),
+    }
+    return {name: _outcome(lambda c=call: repr(c())) for name, call in calls.items()}
 
 
 def _outcome(run: Callable[[], Any]) -> Any:

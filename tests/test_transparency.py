@@ -33,6 +33,19 @@ def outcomes() -> dict[bool, dict[str, object]]:
         "guide_list_child_whose_base_leaves_out_weakrefs",
         # The children of a copied AutoGuideList keep their model.
         "copy_of_a_guide_list",
+        # A tensor's state left empty by the weakref's removal is what its base makes
+        # of it: {} from a base's dict, torch's fallback where __getstate__ is None.
+        "tensor_state_left_empty",
+        # The weakref leaves an OrderedDict state, or a dict nested in the state.
+        "tensor_state_of_another_shape",
+        # copy.copy of a tensor finds __reduce_ex__, __reduce__ or its error as copy does.
+        "copy_of_a_tensor_without_reduce_ex",
+        # A child guide with its own __new__ or state shape is copied as stock copies it.
+        "copy_of_a_guide_list_with_children_of_their_own",
+        # Tensor.__deepcopy__ reads nothing through a __torch_function__ before torch.
+        "deepcopy_through_torch_function",
+        # A method called through the class without an instance: stock's result or error.
+        "calls_without_an_instance",
     ],
 )
 def test_the_fix_gives_what_stock_gives(outcomes, case):

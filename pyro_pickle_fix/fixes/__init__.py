@@ -42,7 +42,8 @@ def inherited_state(owner: type, obj: Any) -> Any:
 def computed_state(compute: Callable[[Any, Any], Any]) -> Callable[[Any], Wrapper]:
     """A ``wrap`` fix for a method that takes no arguments (``__getstate__``,
     ``get_state``) from ``compute(owner, instance)``, which returns the state: called
-    with arguments, pyro's own method runs (and raises its ``TypeError``)."""
+    with arguments, or through the class without an instance, pyro's own method
+    runs (and raises its ``TypeError``)."""
 
     def make(owner: Any) -> Wrapper:
         def wrapper(
@@ -51,7 +52,7 @@ def computed_state(compute: Callable[[Any, Any], Any]) -> Callable[[Any], Wrappe
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            if args or kwargs:
+            if args or kwargs or instance is None:  # (through the class, no instance)
                 return wrapped(*args, **kwargs)
             return compute(owner, instance)
 
@@ -64,16 +65,32 @@ def computed_state(compute: Callable[[Any, Any], Any]) -> Callable[[Any], Wrappe
 def stock_copy(following: Callable[[], Any] | None, obj: Any) -> tuple[Any, bool]:
     """What ``copy.copy(obj)`` gives without the ``__copy__`` the fix adds: the next
     ``__copy__`` in its MRO (``following``) where there is one, else copy's own
-    fallback (the ``copyreg`` reducer registered for the class, else
-    ``__reduce_ex__(4)``, then copy's rebuild); and whether ``__reduce_ex__`` made
+    fallback (:func:`_copy_reduction`, then copy's rebuild); and whether
+    ``__reduce_ex__`` made
     it: a ``__copy__`` the fix adds changes only such a copy."""
     if following is not None:
         return following(), False
-    reductor = copyreg.dispatch_table.get(type(obj))
-    reduced = reductor(obj) if reductor is not None else obj.__reduce_ex__(4)
+    reduced, by_reduce_ex = _copy_reduction(obj)
     if isinstance(reduced, str):
-        return obj, reductor is None
-    return copy._reconstruct(obj, None, *reduced), reductor is None  # type: ignore[attr-defined]
+        return obj, by_reduce_ex
+    return copy._reconstruct(obj, None, *reduced), by_reduce_ex  # type: ignore[attr-defined]
+
+
+def _copy_reduction(obj: Any) -> tuple[Any, bool]:
+    """The reduction ``copy.copy`` asks for, looked up as it looks it up: the
+    ``copyreg`` reducer of the class, else ``__reduce_ex__(4)`` unless it is None,
+    else ``__reduce__()`` unless it is false, else ``copy.Error``."""
+    cls = type(obj)
+    reductor = copyreg.dispatch_table.get(cls)
+    if reductor is not None:
+        return reductor(obj), False
+    reductor = getattr(obj, "__reduce_ex__", None)
+    if reductor is not None:
+        return reductor(4), True
+    reductor = getattr(obj, "__reduce__", None)
+    if reductor:
+        return reductor(), False
+    raise copy.Error(f"un(shallow)copyable object of type {cls}")
 
 
 def check_copy_rebuild() -> None:

@@ -60,11 +60,34 @@ def _owned_children(autoguide: type, modules: dict[str, Any]) -> dict[str, Any]:
     owned = None
     for name, child in modules.items():
         master = getattr(child, "__dict__", {}).get("master")
-        if isinstance(child, autoguide) and master is not None and master() is not None:
+        if (
+            isinstance(child, autoguide)
+            and master is not None
+            and master() is not None
+            and not _own_protocol(type(child))
+        ):
             if owned is None:
                 owned = type(modules)(modules)
             owned[name] = _own_copy(child)
     return modules if owned is None else owned
+
+
+#: What decides how a child guide is made and takes its state: where its class
+#: has its own, the child cannot be rebuilt as pyro's are, and stays shared, as stock
+#: shares it.
+PROTOCOL = ("__new__", "__getstate__", "__setstate__", "__reduce__", "__reduce_ex__", "__copy__")
+
+
+def _own_protocol(cls: type) -> bool:
+    """Whether a class beyond pyro's, torch's and ``object`` defines one of
+    :data:`PROTOCOL` for ``cls``."""
+    for name in PROTOCOL:
+        for base in cls.__mro__:
+            if name in vars(base):
+                if base is not object and not base.__module__.startswith(("pyro.", "torch.")):
+                    return True
+                break
+    return False
 
 
 def _own_copy(child: Any) -> Any:

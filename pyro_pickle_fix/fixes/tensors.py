@@ -15,7 +15,6 @@ lifetime is what torch calls.  A tensor without the weakref gives what
 from __future__ import annotations
 
 import copy
-import sys
 import weakref
 
 from .._repairs import Bug, Repair
@@ -29,44 +28,97 @@ if TYPE_CHECKING:
 KEY = "unconstrained"  # pyro's link from a constrained to an unconstrained tensor
 TENSOR_STATE = "torch._tensor:Tensor.__getstate__"
 
-if sys.version_info >= (3, 11):
-    _object_state = object.__getstate__
-else:  # what torch's _get_obj_state computes where object has no __getstate__
 
-    def _object_state(obj: Any) -> Any:
-        import copyreg
+def _torch_fallback(obj: Any) -> Any:
+    """What torch's ``_get_obj_state`` computes where ``__getstate__`` is None (a
+    base sets it so): the live ``__dict__``, with ``__slots__`` the pair."""
+    import copyreg
 
-        names = copyreg._slotnames(type(obj))  # type: ignore[attr-defined]
-        if names:
-            return obj.__dict__, {n: getattr(obj, n) for n in names if hasattr(obj, n)}
-        return obj.__dict__
-
-
-# object.__getstate__ gives None for an empty __dict__ (from Python 3.11 on; torch's
-# own fallback before that gives the dict): what stock's state is after its pop.
-_EMPTY_IS_NONE = sys.version_info >= (3, 11)
+    names = copyreg._slotnames(type(obj))  # type: ignore[attr-defined]
+    if names:
+        return obj.__dict__, {n: getattr(obj, n) for n in names if hasattr(obj, n)}
+    return obj.__dict__
 
 
-def _without_weakref(attributes: Any) -> Any:
-    if type(attributes) is dict and isinstance(attributes.get(KEY), weakref.ref):
-        # (The live __dict__, which a training thread may change meanwhile: one copy.)
-        attributes = attributes.copy()
-        attributes.pop(KEY, None)
-        if not attributes and _EMPTY_IS_NONE:
-            return None
-    return attributes
+#: How deep in a base's state the weakref is looked for (a state built from the
+#: ``__dict__``, held in a tuple or a dict): a bound, so no state is walked whole.
+DEPTH = 3
+
+
+def _without_link(state: Any, link: Any, depth: int = DEPTH) -> Any:
+    """``state`` with ``link`` (the tensor's weakref) left out of every dict that
+    holds it under pyro's key, in dicts of any dict type and in plain tuples and
+    lists, each container on the way copied with its type kept: stock pops it from
+    the ``__dict__`` before a base builds its state from it, so what the base
+    built from the ``__dict__`` lacks it and everything else is as it was."""
+    if depth == 0:
+        return state
+    if isinstance(state, dict):
+        # (It may be the live __dict__, which a training thread may change
+        # meanwhile: read from one copy.)
+        snapshot = state.copy() if type(state) is dict else dict(state)
+        replaced = {}
+        for key, value in snapshot.items():
+            new = _without_link(value, link, depth - 1)
+            if new is not value:
+                replaced[key] = new
+        if snapshot.get(KEY) is not link and not replaced:
+            return state
+        clone = snapshot if type(state) is dict else copy.copy(state)
+        clone.update(replaced)
+        if clone.get(KEY) is link:
+            del clone[KEY]
+        return clone
+    if type(state) in (tuple, list):
+        items = [_without_link(item, link, depth - 1) for item in state]
+        if any(new is not old for new, old in zip(items, state, strict=True)):
+            return type(state)(items)
+    return state
+
+
+def _next_state(obj: Any) -> Any:
+    """The class whose ``__getstate__`` comes after ``torch.Tensor``'s in the MRO
+    (``object`` from Python 3.11 on, unless a mixin or a user base has one), or
+    None where there is none."""
+    import torch
+
+    mro = type(obj).__mro__
+    for cls in mro[mro.index(torch.Tensor) + 1 :]:
+        if "__getstate__" in vars(cls):
+            return cls
+    return None
+
+
+def _attributes_without_link(state: Any, link: Any, empty: Any) -> Any:
+    """``object.__getstate__``'s or torch's fallback state (the ``__dict__``, or
+    with ``__slots__`` the pair) as it is after stock's pop from the ``__dict__``:
+    ``empty`` where nothing is left (None from ``object.__getstate__``, the empty
+    ``__dict__`` from torch's fallback)."""
+    if type(state) is tuple and len(state) == 2:
+        return _attributes_without_link(state[0], link, empty), state[1]
+    if type(state) is dict and state.get(KEY) is link:
+        state = state.copy()  # (the live __dict__: one copy, then nothing read from it)
+        state.pop(KEY, None)
+        return state or empty
+    return state
 
 
 def tensor_state(following: Any, self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``Tensor.__getstate__``: the tensor's Python state (the next ``__getstate__``
-    in its MRO, a mixin's or ``object``'s) without pyro's weakref (with
-    ``__slots__``, the ``(dict, slots)`` pair, its dict without it)."""
+    in its MRO, a mixin's or ``object``'s; torch's fallback where a base sets it to
+    None) without pyro's weakref where stock's pop takes it from: the ``__dict__``,
+    or what a base built from it."""
     if args or kwargs:
         return following(*args, **kwargs)
-    state = _object_state(self) if following is None else following()
-    if type(state) is tuple and len(state) == 2:
-        return _without_weakref(state[0]), state[1]
-    return _without_weakref(state)
+    link = self.__dict__.get(KEY)
+    state = _torch_fallback(self) if following is None else following()
+    if not isinstance(link, weakref.ref):
+        return state
+    if following is None:
+        return _attributes_without_link(state, link, {})
+    if _next_state(self) is object:
+        return _attributes_without_link(state, link, None)
+    return _without_link(state, link)
 
 
 def tensor_copy(following: Any, self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -90,18 +142,17 @@ def make_tensor_deepcopy(original: Callable[..., Any]) -> Callable[..., Any]:
     AutoIAFNormal's cached transform outputs, an AutoNormal's prototype trace over
     a reparametrised model).  Through deepcopy's memo, a tensor that the copied
     object holds twice is copied once.  Leaves run torch's own method."""
-    tensor_class: Any = None
+    import torch
+    from torch.overrides import has_torch_function
 
     def __deepcopy__(self: Any, memo: dict[int, Any]) -> Any:
-        nonlocal tensor_class
-        if self.is_leaf:
+        # A subclass, or a tensor under a __torch_function__ mode, goes to torch
+        # before any attribute is read: torch dispatches __deepcopy__ itself, and
+        # reading is_leaf first would dispatch one more call to its handler.
+        if type(self) is not torch.Tensor or has_torch_function((self,)):
             return original(self, memo)
-        if tensor_class is None:
-            import torch
-
-            tensor_class = torch.Tensor
-        if type(self) is not tensor_class or self.layout is not _strided():
-            return original(self, memo)  # a subclass or a sparse tensor: torch's error
+        if self.is_leaf or self.layout is not torch.strided:
+            return original(self, memo)  # a leaf: torch's copy; a sparse tensor: its error
         if id(self) in memo:
             return memo[id(self)]
         clone = self.detach().clone().requires_grad_(self.requires_grad)
@@ -110,12 +161,6 @@ def make_tensor_deepcopy(original: Callable[..., Any]) -> Callable[..., Any]:
         return clone
 
     return __deepcopy__
-
-
-def _strided() -> Any:
-    import torch
-
-    return torch.strided
 
 
 def check_tensor_state() -> None:
