@@ -613,6 +613,17 @@ for _name, _make_optim in {
     _optim(f"optimizer-{_name}")(_write_pyro_optim)
 
 
+@_optim("optimizer-reused-after-clear")
+def _reused(path: Path) -> None:
+    """An optimizer reused across ``pyro.clear_param_store()``: pyro writes the
+    state of the parameters that left the store under the key None."""
+    optim = pyro.optim.Adam({"lr": 0.01})
+    _train(optim)
+    pyro.clear_param_store()
+    _train(optim)
+    optim.save(str(path))
+
+
 @_optim("optimizer-float64-training")
 def _float64(path: Path) -> None:
     before = torch.get_default_dtype()
