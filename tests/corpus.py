@@ -537,6 +537,14 @@ def _tensor_attributes(path: Path) -> None:
     _save_store(path)
 
 
+@_store("quirk-empty-views")
+def _empty_views(path: Path) -> None:
+    """The rows of an empty matrix: empty views at offsets past their storage."""
+    for index, row in enumerate(torch.zeros(4, 0).unbind(0)):
+        pyro.param(f"w{index}", row)
+    _save_store(path)
+
+
 # ---------------------------------------------------------------------------
 # Optimizer files: every optimizer pyro.optim wraps, and every scheduler.
 
