@@ -545,6 +545,14 @@ def _empty_views(path: Path) -> None:
     _save_store(path)
 
 
+@_store("quirk-overlapping-bound")
+def _overlapping_bound(path: Path) -> None:
+    """A bound that is an ``unfold()`` view: its windows overlap in its storage."""
+    low = torch.arange(6.0).unfold(0, 3, 1)
+    pyro.param("x", low + 1.0, constraints.greater_than(low))
+    _save_store(path)
+
+
 # ---------------------------------------------------------------------------
 # Optimizer files: every optimizer pyro.optim wraps, and every scheduler.
 

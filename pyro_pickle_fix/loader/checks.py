@@ -492,12 +492,14 @@ def _shape(tensor: Tensor) -> tuple[int, ...]:
 
 def _paid(tensor: Tensor) -> int:
     """The elements of the file's data that a tensor holds: an expanded (stride 0)
-    axis repeats them, and adds none."""
+    axis repeats them, and adds none; overlapping axes (an ``unfold()`` view)
+    hold no more than the span from its first element to its last."""
     args = tensor.args[0].args if tensor.parameter else tensor.args
-    paid = 1
+    paid, span = 1, 1
     for extent, step in zip(args[2], args[3], strict=True):
         paid *= extent if step or not extent else 1
-    return paid
+        span += (extent - 1) * step if extent else 0
+    return min(paid, span) if paid else 0
 
 
 def _numel(shape: tuple[int, ...]) -> int:
