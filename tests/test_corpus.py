@@ -261,6 +261,7 @@ def _from_type(state: object, func: str = "torch._utils._rebuild_tensor_v2") -> 
         (_from_type({"_pyro_subsample": {-65: 1}}), "has the dict key -65"),
         (_from_type({"grad": 1.0}), "is a tensor with the attribute 'grad'"),
         (_from_type({"to": 1.0}), "is a tensor with the attribute 'to'"),
+        (_from_type({"_is_param": True}), "is a tensor with the attribute '_is_param'"),
         (_from_type({}, "torch._utils._rebuild_parameter"), "which torch.save writes only for"),
         (
             Call(
@@ -275,6 +276,7 @@ def _from_type(state: object, func: str = "torch._utils._rebuild_tensor_v2") -> 
         "key -65",
         "a property",
         "a method the load calls",
+        "a Parameter mark",
         "func",
         "wrapped",
     ],

@@ -80,10 +80,12 @@ REFERENCED = 4
 CAST_ITEMSIZE = 8
 
 
-#: Methods that the load (``Optimizer.load_state_dict`` casts each state tensor
+#: Attribute names a loaded tensor may not carry though torch would set them: the
+#: methods that the load (``Optimizer.load_state_dict`` casts each state tensor
 #: with ``to``) and pyro's param store (``pyro.param`` on a loaded value) call on
-#: a loaded tensor: an attribute of the same name would hide them.
-CALLED = ("contiguous", "requires_grad_", "to")
+#: it, which an attribute would hide, and ``_is_param``, which makes
+#: ``isinstance(tensor, torch.nn.Parameter)`` true for a plain tensor.
+RESERVED = ("_is_param", "contiguous", "requires_grad_", "to")
 
 
 class Check:
@@ -270,8 +272,8 @@ class Check:
         refused: it is never in a ``__dict__`` torch saves, and ``setattr`` would
         run its setter.  A method's name is accepted as torch accepts it (the value,
         never callable, is an instance attribute that hides the method on that one
-        tensor, as it did in the program that saved it), but for :data:`CALLED`,
-        the methods the load and pyro's param store call on a loaded tensor."""
+        tensor, as it did in the program that saved it), but for :data:`RESERVED`,
+        the names the load and pyro's param store rely on."""
         state = tensor.state
         if state is None:
             return []
@@ -283,16 +285,17 @@ class Check:
         import torch
 
         for name, value in state.items():
-            found = inspect.getattr_static(torch.nn.Parameter, name, None)
             defined = type(name) is str and (
-                name.startswith("__") or name in CALLED or hasattr(type(found), "__set__")
+                name.startswith("__")
+                or name in RESERVED
+                or hasattr(type(inspect.getattr_static(torch.nn.Parameter, name, None)), "__set__")
             )
             if type(name) is not str or defined:
                 self.refuse(
                     where,
                     f"is a {cls} with the attribute {short(name)} = {short(value)} (a name "
                     "torch.nn.Parameter defines as a property or a slot, a dunder name, or a "
-                    f"method the load or pyro calls on it: {', '.join(CALLED)})",
+                    f"name the load or pyro relies on: {', '.join(RESERVED)})",
                 )
         return list(state.items())
 
