@@ -492,6 +492,67 @@ def _parameter_with_attribute(path: Path) -> None:
     _save_store(path)
 
 
+def _subsample_model(data: torch.Tensor) -> None:
+    loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", 20, subsample_size=5) as idx:
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=data[idx])
+
+
+def _subsample_guide(data: torch.Tensor) -> None:
+    with pyro.plate("data", 20, subsample_size=5):
+        loc = pyro.param("q_loc", torch.zeros(20), event_dim=0)
+        pyro.sample("z", dist.Normal(loc, 1.0))
+    pyro.sample("loc", dist.Delta(pyro.param("q_mu", torch.tensor(0.0))))
+
+
+@_store("quirk-minibatch-autonormal")
+def _minibatch_autonormal(path: Path) -> None:
+    """Minibatch SVI: pyro's plate sets ``param._pyro_subsample = {-1: indices}``
+    on AutoNormal's Parameters, and torch saves it."""
+    guide = ag.AutoNormal(_subsample_model)
+    SVI(_subsample_model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO()).step(torch.randn(20))
+    _save_store(path)
+
+
+@_store("quirk-minibatch-guide")
+def _minibatch_guide(path: Path) -> None:
+    """A hand-written guide's ``pyro.param(..., event_dim=0)`` in a subsampled
+    plate: a plain tensor with ``_pyro_subsample`` (``_rebuild_from_type_v2``)."""
+    optim = pyro.optim.Adam({"lr": 0.01})
+    SVI(_subsample_model, _subsample_guide, optim, Trace_ELBO()).step(torch.randn(20))
+    _save_store(path)
+
+
+@_store("quirk-tensor-attributes")
+def _tensor_attributes(path: Path) -> None:
+    """Python attributes on a pyro.param's tensor and on module Parameters: a
+    string, a tuple, a tensor, and a scalar under a Tensor method's name."""
+    pyro.param("w", torch.zeros(3)).tag = "encoder"  # type: ignore[attr-defined]
+    net = torch.nn.Linear(3, 2)
+    net.weight.shard_shape = (2, 3)  # type: ignore[attr-defined]
+    net.weight.mask = torch.ones(2, 3)  # type: ignore[attr-defined]
+    net.bias.std = 0.1  # type: ignore[assignment]
+    pyro.module("net", net)
+    _save_store(path)
+
+
+@_store("quirk-empty-views")
+def _empty_views(path: Path) -> None:
+    """The rows of an empty matrix: empty views at offsets past their storage."""
+    for index, row in enumerate(torch.zeros(4, 0).unbind(0)):
+        pyro.param(f"w{index}", row)
+    _save_store(path)
+
+
+@_store("quirk-overlapping-bound")
+def _overlapping_bound(path: Path) -> None:
+    """A bound that is an ``unfold()`` view: its windows overlap in its storage."""
+    low = torch.arange(6.0).unfold(0, 3, 1)
+    pyro.param("x", low + 1.0, constraints.greater_than(low))
+    _save_store(path)
+
+
 # ---------------------------------------------------------------------------
 # Optimizer files: every optimizer pyro.optim wraps, and every scheduler.
 
@@ -566,6 +627,17 @@ for _name, _make_optim in {
         optim.save(str(path))
 
     _optim(f"optimizer-{_name}")(_write_pyro_optim)
+
+
+@_optim("optimizer-reused-after-clear")
+def _reused(path: Path) -> None:
+    """An optimizer reused across ``pyro.clear_param_store()``: pyro writes the
+    state of the parameters that left the store under the key None."""
+    optim = pyro.optim.Adam({"lr": 0.01})
+    _train(optim)
+    pyro.clear_param_store()
+    _train(optim)
+    optim.save(str(path))
 
 
 @_optim("optimizer-float64-training")

@@ -39,6 +39,7 @@ from test_loading import (
     Call,
     G,
     New,
+    Pid,
     _refused_optim,
     _refused_store,
     floats,
@@ -128,8 +129,8 @@ class Same:
         other = (str(theirs.device), theirs.untyped_storage().data_ptr())
         if ours.untyped_storage().nbytes():
             assert self.storages.setdefault(mine, other) == other, f"{where}: storage"
-        if type(ours) is torch.nn.Parameter:
-            self(dict(vars(ours)), dict(vars(theirs)), f"{where}.__dict__")
+        assert (ours.is_conj(), ours.is_neg()) == (theirs.is_conj(), theirs.is_neg()), where
+        self(dict(vars(ours)), dict(vars(theirs)), f"{where}.__dict__")
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -234,16 +235,74 @@ def _param_with(state: object) -> object:
         {"data": 1.0},  # a property of torch's: setattr would run its setter
         {"requires_grad": False},
         {"__class__": 1},
-        {"_no_weight_decay": [True]},  # not a Python scalar
+        {"to": 1.0},  # Optimizer.load_state_dict calls it
         ({"a": 1}, {"b": 2}),  # slots: a Parameter has none
     ],
-    ids=["data", "requires_grad", "dunder", "a list", "slots"],
+    ids=["data", "requires_grad", "dunder", "a method the load calls", "slots"],
 )
 def test_a_parameters_attribute_that_is_not_a_plain_scalar_is_refused(tmp_path, state):
     state_ = store({"x": _param_with(state)}, {"x": REAL})
     path = write_file(tmp_path / "p.pt", state_, {"0": floats(1, 2)})
     refused = _refused_store(path, pyro_pickle_fix.UntrustedContentError)
     assert "params['x'] is a Parameter" in str(refused), refused
+
+
+def _from_type(state: object, func: str = "torch._utils._rebuild_tensor_v2") -> object:
+    hooks = Call(G("collections.OrderedDict"), ())
+    args = (Pid("0", 2), 0, (2,), (1,), False, hooks)
+    return Call(G("torch._tensor._rebuild_from_type_v2"), (G(func), G("torch.Tensor"), args, state))
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        # An attribute's tensor is checked like any tensor: here, past its data.
+        (_from_type({"mask": tensor("1", 1, (4,))}), "params['x'].mask is a tensor of size (4,)"),
+        (_from_type({"_pyro_subsample": {-65: 1}}), "has the dict key -65"),
+        (_from_type({"grad": 1.0}), "is a tensor with the attribute 'grad'"),
+        (_from_type({"to": 1.0}), "is a tensor with the attribute 'to'"),
+        (_from_type({"_is_param": True}), "is a tensor with the attribute '_is_param'"),
+        (_from_type({}, "torch._utils._rebuild_parameter"), "which torch.save writes only for"),
+        (
+            Call(
+                G("torch._utils._rebuild_parameter"),
+                (_from_type({"a": 1}), True, Call(G("collections.OrderedDict"), ())),
+            ),
+            "is a Parameter that does not wrap a tensor",
+        ),
+    ],
+    ids=[
+        "tensor past its data",
+        "key -65",
+        "a property",
+        "a method the load calls",
+        "a Parameter mark",
+        "func",
+        "wrapped",
+    ],
+)
+def test_a_tensors_attributes_beyond_what_torch_writes_are_refused(tmp_path, value, why):
+    path = write_file(
+        tmp_path / "t.pt", store({"x": value}, {"x": REAL}), {"0": floats(1, 2), "1": floats(1)}
+    )
+    refused = _refused_store(path, pyro_pickle_fix.UntrustedContentError)
+    assert why in str(refused), refused
+
+
+def test_an_empty_view_at_an_offset_past_the_file_is_refused(tmp_path):
+    hooks = Call(G("collections.OrderedDict"), ())
+    far = Call(G("torch._utils._rebuild_tensor_v2"), (Pid("0", 0), 10**9, (0,), (1,), False, hooks))
+    path = write_file(tmp_path / "e.pt", store({"x": far}, {"x": REAL}), {"0": b""})
+    refused = _refused_store(path, pyro_pickle_fix.UntrustedContentError)
+    assert "is an empty tensor at offset 1000000000 of 0 elements" in str(refused), refused
+
+
+def test_a_none_key_in_a_param_store_file_is_refused(tmp_path):
+    path = write_file(
+        tmp_path / "n.pt", store({None: tensor("0", 2, (2,))}, {None: REAL}), {"0": floats(1, 2)}
+    )
+    refused = _refused_store(path, pyro_pickle_fix.UntrustedContentError)
+    assert "has a key of type builtins.NoneType" in str(refused), refused
 
 
 @pytest.mark.parametrize(

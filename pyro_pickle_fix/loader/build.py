@@ -69,13 +69,17 @@ class Build:
         torch = self.torch
         if tensor.parameter:
             data, requires_grad = tensor.args[:2]
-            param = torch.nn.Parameter(self.tensor(data), requires_grad)
-            # _rebuild_parameter_with_state's attributes: names Check found to be
-            # plain attributes of a Parameter, values Python scalars.
-            state = tensor.args[3] if len(tensor.args) == 4 else None
-            for name, item in (state or {}).items():
-                setattr(param, name, item)
-            return param
+            built = torch.nn.Parameter(self.tensor(data), requires_grad)
+        else:
+            built = self.dense(tensor)
+        # torch's _set_obj_state: names Check found to be plain attributes (no
+        # property or slot of torch's), values checked as the rest of the state.
+        for name, item in (tensor.state or {}).items():
+            setattr(built, name, self.value(item))
+        return built
+
+    def dense(self, tensor: Tensor) -> Any:
+        torch = self.torch
         storage, offset, size, stride, requires_grad = tensor.args[:5]
         untyped = self.storage(storage)
         built = torch.empty((0,), dtype=storage.dtype, device=untyped.device)

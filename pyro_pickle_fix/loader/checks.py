@@ -82,6 +82,14 @@ REFERENCED = 4
 CAST_ITEMSIZE = 8
 
 
+#: Attribute names a loaded tensor may not carry though torch would set them: the
+#: methods that the load (``Optimizer.load_state_dict`` casts each state tensor
+#: with ``to``) and pyro's param store (``pyro.param`` on a loaded value) call on
+#: it, which an attribute would hide, and ``_is_param``, which makes
+#: ``isinstance(tensor, torch.nn.Parameter)`` true for a plain tensor.
+RESERVED = ("_is_param", "contiguous", "requires_grad_", "to")
+
+
 class Check:
     """One pass over an unpickled state: its shape, each tensor against its data,
     each constraint's attributes, and how deep and how large it is along every path
@@ -113,7 +121,9 @@ class Check:
         expanded size of them all."""
         total = 1
         for key, value in mapping.items():
-            if type(key) is not str:
+            # An optimizer that outlived its parameters (pyro.clear_param_store()
+            # between runs) keys their state None: PyroOptim.get_state() writes it.
+            if type(key) is not str and not (key is None and not self.kind.constraints):
                 self.refuse(where or "it", f"has a key of type {type_name(key)}, not a name")
             _, size, nbytes = self.value(value, (where, "[", key), depth + 1)
             total += size
@@ -148,8 +158,12 @@ class Check:
             count = len(value)
             children = ((item, (where, "[", index)) for index, item in enumerate(value))
         elif kind is Tensor:
+            # A tensor's Python attributes are walked like any other value: their
+            # tensors are checked, and counted in the budget, like any tensor.
             nbytes = self.tensor(value, where)
-            count, children = 0, ()
+            attributes = self.tensor_attributes(value, where)
+            count = len(attributes)
+            children = ((item, (where, ".", name)) for name, item in attributes)
         elif kind is Object:
             attributes = self.state(value, where)
             count = len(attributes)
@@ -188,12 +202,16 @@ class Check:
         cast: :data:`CAST_ITEMSIZE`; a param-store file's tensors are not cast)."""
         args = tensor.args
         if tensor.parameter:
-            if not (len(args) in (3, 4) and type(args[0]) is Tensor and not args[0].parameter):
+            wrapped = args[0] if args else None
+            if not (
+                len(args) in (3, 4)
+                and type(wrapped) is Tensor
+                and not wrapped.parameter
+                and wrapped.state is None
+            ):
                 self.refuse(where, "is a Parameter that does not wrap a tensor")
             if type(args[1]) is not bool or type(args[2]) is not Hooks:
                 self.refuse(where, "is a Parameter with hooks or no requires_grad flag")
-            if len(args) == 4:
-                self.parameter_attributes(args[3], where)
             return self.tensor(args[0], where)
         if len(args) not in (6, 7):
             self.refuse(where, f"is a tensor rebuilt from {len(args)} arguments")
@@ -240,19 +258,30 @@ class Check:
                 f"is a tensor of size {dims(size)} (stride {dims(stride)}, offset {offset}) "
                 f"over a storage of {held} elements: it needs data the file does not hold",
             )
-        if not numel and offset > held:
+        # torch's set_ takes an empty tensor at any offset (it reads nothing): a view
+        # of an empty matrix's row (``torch.zeros(4, 0).unbind(0)``) has one past its
+        # storage.  Its offset is bounded as its other dimensions are (by the file).
+        if not numel and offset > max(held, self.length):
             self.refuse(where, f"is an empty tensor at offset {offset} of {held} elements")
         width = itemsize(storage.dtype)
         return numel * (width if self.kind.constraints else max(width, CAST_ITEMSIZE))
 
-    def parameter_attributes(self, state: Any, where: Where) -> None:
-        """What ``_rebuild_parameter_with_state`` sets on a Parameter (a user's
-        ``param.name = value``): plain Python values under names that the
-        Parameter class does not define (no property, method or slot of torch's)."""
+    def tensor_attributes(self, tensor: Tensor, where: Where) -> list[tuple[str, Any]]:
+        """What torch sets on a tensor or a Parameter it rebuilds (``setattr`` of
+        each item of its saved ``__dict__``: a user's ``param.name = value``, pyro's
+        ``_pyro_subsample``), each value walked as any value of the state is.  A
+        name that the class defines as a data descriptor (a property, a slot) is
+        refused: it is never in a ``__dict__`` torch saves, and ``setattr`` would
+        run its setter.  A method's name is accepted as torch accepts it (the value,
+        never callable, is an instance attribute that hides the method on that one
+        tensor, as it did in the program that saved it), but for :data:`RESERVED`,
+        the names the load and pyro's param store rely on."""
+        state = tensor.state
         if state is None:
-            return
-        if type(state) is not dict or len(state) > MAX_ENTRY_NODES:
-            self.refuse(where, f"is a Parameter whose attributes are {describe(state)}")
+            return []
+        cls = "Parameter" if tensor.parameter else "tensor"
+        if type(state) is not dict:
+            self.refuse(where, f"is a {cls} whose attributes are {describe(state)}")
         import inspect
 
         import torch
@@ -260,14 +289,17 @@ class Check:
         for name, value in state.items():
             defined = type(name) is str and (
                 name.startswith("__")
-                or inspect.getattr_static(torch.nn.Parameter, name, None) is not None
+                or name in RESERVED
+                or hasattr(type(inspect.getattr_static(torch.nn.Parameter, name, None)), "__set__")
             )
-            if type(name) is not str or defined or type(value) not in SCALARS:
+            if type(name) is not str or defined:
                 self.refuse(
                     where,
-                    f"is a Parameter with the attribute {short(name)} = {short(value)} (only "
-                    "a name torch.nn.Parameter does not define, with a Python scalar, loads)",
+                    f"is a {cls} with the attribute {short(name)} = {short(value)} (a name "
+                    "torch.nn.Parameter defines as a property or a slot, a dunder name, or a "
+                    f"name the load or pyro relies on: {', '.join(RESERVED)})",
                 )
+        return list(state.items())
 
     def counter(self, counter: Counter, where: Where) -> None:
         """A ``collections.Counter``: names or indices, each counted by an int from
@@ -486,12 +518,14 @@ def _shape(tensor: Tensor) -> tuple[int, ...]:
 
 def _paid(tensor: Tensor) -> int:
     """The elements of the file's data that a tensor holds: an expanded (stride 0)
-    axis repeats them, and adds none."""
+    axis repeats them, and adds none; overlapping axes (an ``unfold()`` view)
+    hold no more than the span from its first element to its last."""
     args = tensor.args[0].args if tensor.parameter else tensor.args
-    paid = 1
+    paid, span = 1, 1
     for extent, step in zip(args[2], args[3], strict=True):
         paid *= extent if step or not extent else 1
-    return paid
+        span += (extent - 1) * step if extent else 0
+    return min(paid, span) if paid else 0
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -23,12 +23,14 @@ class Tensor:
     """``_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[,
     metadata])``, or ``_rebuild_parameter(tensor, requires_grad, hooks)`` or
     ``_rebuild_parameter_with_state(tensor, requires_grad, hooks, state)``
-    (``parameter``), not yet built."""
+    (``parameter``), not yet built.  ``state`` is the Python attributes torch
+    saved with it (its ``__dict__``): a Parameter's fourth argument, or what
+    ``torch._tensor._rebuild_from_type_v2`` gives a plain tensor."""
 
-    __slots__ = ("args", "parameter")
+    __slots__ = ("args", "parameter", "state")
 
-    def __init__(self, args: tuple[Any, ...], parameter: bool) -> None:
-        self.args, self.parameter = args, parameter
+    def __init__(self, args: tuple[Any, ...], parameter: bool, state: Any = None) -> None:
+        self.args, self.parameter, self.state = args, parameter, state
 
 
 class Object:
@@ -70,9 +72,10 @@ class Hooks:
 
 
 #: Dict keys: names, indices, and the two flags and None.  No float key, and an int
-#: key is an index below :data:`MAX_INT_KEY`: keys of distinct hashes that share few
-#: low bits, so that no dict the file makes costs more than linear time (Python's
-#: hash of an int is the int modulo 2**61 - 1: a file could make every key collide).
+#: key is an index below :data:`MAX_INT_KEY` or a dim from :data:`MIN_INT_KEY`: keys
+#: of distinct hashes (but -1 and -2) that share few low bits, so that no dict the
+#: file makes costs more than linear time (Python's hash of an int is the int
+#: modulo 2**61 - 1: a file could make every key collide).
 KEYS = (str, int, bool, type(None))
 SCALARS = frozenset((str, int, float, bool, type(None)))
 

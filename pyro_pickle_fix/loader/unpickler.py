@@ -44,6 +44,12 @@ MAX_OBJECTS = 2_000_000
 #: below this: each hashes to itself, so no two collide, and a dict of any size
 #: the file makes costs linear time.
 MAX_INT_KEY = MAX_OBJECTS
+#: A negative int dict key is a dim, at least this: pyro's plates key
+#: ``param._pyro_subsample`` by dim (``{-1: indices}``), and no tensor has more
+#: than 64.  Each hashes to itself but -1, which CPython hashes as -2 (-1 is its
+#: error value): at most two keys of a dict share a hash, so the argument above
+#: still holds (a lookup compares a bounded number of equal hashes).
+MIN_INT_KEY = -64
 
 _STORAGE_TYPES = {
     "DoubleStorage": "float64",
@@ -62,6 +68,12 @@ _STORAGE_TYPES = {
 #: torch's rebuilds of a dense tensor, a Parameter, and a Parameter that carries
 #: Python attributes (``param.name = value``: torch saves its ``__dict__``).
 _REBUILDS = ("_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state")
+#: A plain tensor that carries Python attributes (``tensor.name = value``, and
+#: pyro's ``_pyro_subsample``): torch writes ``_rebuild_from_type_v2(func, type,
+#: args, state)`` (``Tensor.__reduce_ex__``), ``func`` its dense rebuild and
+#: ``type`` the tensor's own class, ``torch.Tensor`` (a Parameter has a
+#: ``__reduce_ex__`` of its own, :data:`_REBUILDS`).
+_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
 _LOCATION = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,4})?")
 
 
@@ -112,6 +124,10 @@ class Unpickler:
         dotted = f"{module}.{name}"
         if module == "torch._utils" and name in _REBUILDS:
             return Global(dotted, name)
+        if dotted == _FROM_TYPE:
+            return Global(dotted, "from_type")
+        if dotted == "torch.Tensor":
+            return Global(dotted, "tensor_type")
         if dotted == "collections.OrderedDict":
             return Global(dotted, "hooks")
         if dotted == "collections.Counter" and not self.kind.constraints:
@@ -172,12 +188,35 @@ class Unpickler:
         if not isinstance(func, Global) or type(args) is not tuple:
             self.refuse(f"calls {type_name(func)} (REDUCE of something that is not a function)")
         if func.role in _REBUILDS:
-            return Tensor(args, func.role != "_rebuild_tensor_v2")
+            state = args[3] if func.role == "_rebuild_parameter_with_state" and args[3:] else None
+            return Tensor(args, func.role != "_rebuild_tensor_v2", state)
+        if func.role == "from_type":
+            return self.from_type(args)
+        if func.role == "tensor_type":  # torch.Tensor(n): n elements of freed memory
+            refuse_global(self.archive.filename, self.kind, func.name, self.allowed)
         if func.role == "hooks" and args == ():
             return Hooks()
         if func.role == "counter" and len(args) == 1 and type(args[0]) is dict:
             return Counter(args[0])
         self.refuse(f"calls {func.name} with {len(args)} arguments, which torch.save never writes")
+
+    def from_type(self, args: tuple[Any, ...]) -> Tensor:
+        """``_rebuild_from_type_v2(func, torch.Tensor, args, state)``: the dense
+        tensor ``func(*args)`` with the attributes ``state`` (checked by
+        :meth:`.checks.Check.tensor_attributes`)."""
+        if not (
+            len(args) == 4
+            and isinstance(args[0], Global)
+            and args[0].role == "_rebuild_tensor_v2"
+            and isinstance(args[1], Global)
+            and args[1].role == "tensor_type"
+            and type(args[2]) is tuple
+        ):
+            self.refuse(
+                f"calls {_FROM_TYPE} with {describe(args)}, which torch.save writes only for "
+                "a tensor of torch.Tensor"
+            )
+        return Tensor(args[2], False, args[3])
 
     def load(self) -> Any:
         data, unpack_from = self.data, struct.unpack_from
@@ -307,6 +346,8 @@ class Unpickler:
                     self.made()
                     args = stack.pop()
                     cls = stack[-1]
+                    if isinstance(cls, Global) and cls.role == "tensor_type":
+                        refuse_global(self.archive.filename, self.kind, cls.name, self.allowed)
                     if not (isinstance(cls, Global) and cls.role == "class" and args == ()):
                         self.refuse(f"makes an object of {describe(cls)} with arguments")
                     stack[-1] = Object(cls.value)
@@ -342,10 +383,11 @@ class Unpickler:
             key = items[index]
             if type(key) not in KEYS:
                 self.refuse(f"has a dict key of type {type_name(key)}")
-            if type(key) is int and not 0 <= key < MAX_INT_KEY:
+            if type(key) is int and not MIN_INT_KEY <= key < MAX_INT_KEY:
                 self.refuse(
                     f"has the dict key {short(key)} (pyro's files key by name, and torch's "
-                    f"optimizer state by an index from 0 to {MAX_INT_KEY - 1})"
+                    f"optimizer state by an index from 0 to {MAX_INT_KEY - 1}, pyro's plates "
+                    f"by a dim from {MIN_INT_KEY} to -1)"
                 )
             target[key] = items[index + 1]
 
