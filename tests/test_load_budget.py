@@ -32,6 +32,7 @@ from test_loading import (
     _refused_store,
     dumps,
     floats,
+    saved_scheduler,
     store,
     tensor,
     write_file,
@@ -356,13 +357,8 @@ def test_a_scheduler_state_that_overwrites_its_methods_is_refused(tmp_path, name
 
 
 def test_a_scheduler_state_pyro_saved_loads_into_the_scheduler(tmp_path):
-    pyro.clear_param_store()
-    scheduler = _scheduler()
-    loc = pyro.param("loc", torch.zeros(2))
-    scheduler([loc])
-    scheduler.step()
     path = tmp_path / "scheduler.pt"
-    scheduler.save(path)
+    scheduler, loc = saved_scheduler(_scheduler, path)
     again = _scheduler()
     again.load(path)
     again([loc])

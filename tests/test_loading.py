@@ -1497,6 +1497,18 @@ def test_record_names_that_differ_only_in_case_are_refused(tmp_path):
     assert "archive/data/A has the name of another record but for case" in str(refused)
 
 
+def saved_scheduler(make, path):
+    """A scheduler ``make()`` gives, stepped once over a parameter ``loc`` of a new
+    param store and saved to ``path``: (the scheduler, ``loc``)."""
+    pyro.clear_param_store()
+    scheduler = make()
+    loc = pyro.param("loc", torch.zeros(2))
+    scheduler([loc])
+    scheduler.step()
+    scheduler.save(path)
+    return scheduler, loc
+
+
 def _multistep() -> pyro.optim.PyroOptim:
     return pyro.optim.MultiStepLR(
         {
@@ -1524,13 +1536,8 @@ def test_a_scheduler_state_with_a_huge_count_or_a_field_that_is_no_number_is_ref
 ):
     from collections import Counter
 
-    pyro.clear_param_store()
-    scheduler = _multistep()
-    loc = pyro.param("loc", torch.zeros(2))
-    scheduler([loc])
-    scheduler.step()
     genuine = tmp_path / "genuine.pt"
-    scheduler.save(genuine)
+    saved_scheduler(_multistep, genuine)
     state = torch.load(genuine, weights_only=False)
     inner = state["loc"].get("scheduler", state["loc"])
     assert inner["milestones"] == Counter({2: 2})  # a milestone listed twice counts 2
