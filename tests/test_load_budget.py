@@ -23,6 +23,7 @@ import pytest
 import torch
 from support import run_json
 from test_loading import (
+    FORK_CHILD,
     REAL,
     G,
     New,
@@ -440,7 +441,8 @@ def test_every_worst_file_costs_within_the_budget(tmp_path):
 # ---------------------------------------------------------------------------
 # Item 5: fork during another thread's first load
 
-FORK_DURING_FIRST_LOAD = """
+FORK_DURING_FIRST_LOAD = (
+    """
 import json, os, signal, sys, threading
 import pyro_pickle_fix, pyro, torch
 pyro.param("x", torch.ones(2), constraint=torch.distributions.constraints.positive)
@@ -468,17 +470,13 @@ thread.start()
 while not (paused.is_set() or done.is_set()):
     paused.wait(0.01)
 imported = sorted(set(sys.modules) - before)
-pid = os.fork()
-if pid == 0:
-    signal.alarm(20)  # a hang on an import lock ends the child with SIGALRM
-    pyro.clear_param_store()
-    pyro.get_param_store().load({path!r})
-    os._exit(0 if "x" in pyro.get_param_store() else 3)
-_, status = os.waitpid(pid, 0)
-go_on.set()
+"""
+    + FORK_CHILD
+    + """go_on.set()
 thread.join(60)
 print(json.dumps({{"child": status, "imported": imported}}))
 """
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")

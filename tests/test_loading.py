@@ -889,7 +889,20 @@ def test_an_interrupt_at_any_call_of_a_load_leaves_torchs_allowlist_as_it_was(tm
     assert sorted(pyro.get_param_store().keys()) == ["loc", "scale", "unit"]
 
 
-FORK = """
+#: A child forked now loads the file at {path} and exits 0 if it has "x" (a hang on
+#: a lock: SIGALRM); the parent has its status.
+FORK_CHILD = """
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a hang ends the child with SIGALRM
+    pyro.clear_param_store()
+    pyro.get_param_store().load({path!r})
+    os._exit(0 if "x" in pyro.get_param_store() else 3)
+_, status = os.waitpid(pid, 0)
+"""
+
+FORK = (
+    """
 import json, os, signal, sys, threading, _thread
 import pyro, torch, pyro_pickle_fix
 import pyro_pickle_fix.loader
@@ -915,17 +928,13 @@ def other():
 thread = threading.Thread(target=other)
 thread.start()
 assert paused.wait(60), "the other thread never loaded"
-pid = os.fork()
-if pid == 0:
-    signal.alarm(20)  # a hang ends the child with SIGALRM
-    pyro.clear_param_store()
-    pyro.get_param_store().load({path!r})
-    os._exit(0 if "x" in pyro.get_param_store() else 3)
-_, status = os.waitpid(pid, 0)
-go_on.set()
+"""
+    + FORK_CHILD
+    + """go_on.set()
 thread.join(60)
 print(json.dumps({{"child": status, "locks": len(locks)}}))
 """
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
