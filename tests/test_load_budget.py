@@ -312,9 +312,12 @@ def test_an_optimizer_file_of_every_training_dtype_loads(tmp_path, dtype):
     # What the cast rule must not refuse: Adam's state for a parameter of each dtype.
     param = torch.nn.Parameter(torch.linspace(0, 1, 50_000, dtype=dtype))
     adam = torch.optim.Adam([param], lr=0.1)
-    for _ in range(2):
-        param.grad = torch.ones_like(param)
-        adam.step()
+    try:
+        for _ in range(2):
+            param.grad = torch.ones_like(param)
+            adam.step()
+    except RuntimeError as error:  # torch 2.0 has no float16 Adam on the CPU
+        pytest.skip(f"torch {torch.__version__} cannot train {dtype} here: {error}")
     path = tmp_path / "adam.pt"
     torch.save({"x": adam.state_dict()}, path)
     optim = pyro.optim.Adam({"lr": 0.1})
