@@ -148,13 +148,20 @@ def test_data_a_file_should_not_hold_is_not_said_to_run_code(tmp_path, kind, sta
     assert "it runs no code" in str(refused) and "could run code" not in str(refused)
 
 
-def test_a_global_that_could_run_code_is_still_said_to(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("ran",))
+class Payload:
+    """What a crafted file holds to run code: print("ran") when unpickled."""
 
-    path = tmp_path / "payload.pt"
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+def _optimizer_file_with_a_payload(path: Path) -> Path:
     torch.save({"x": {"state": {}, "hook": Payload()}}, path)
+    return path
+
+
+def test_a_global_that_could_run_code_is_still_said_to(tmp_path):
+    path = _optimizer_file_with_a_payload(tmp_path / "payload.pt")
     assert "could run code" in str(_refused("optim", path, UntrustedGlobalError))
 
 
@@ -229,12 +236,7 @@ def test_a_refusal_reads_as_a_sentence_and_says_pyro_never_writes_that(tmp_path)
 
 
 def test_a_global_that_is_neither_a_tensor_nor_a_container_says_neither_nor(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("ran",))
-
-    path = tmp_path / "payload.pt"
-    torch.save({"x": {"state": {}, "hook": Payload()}}, path)
+    path = _optimizer_file_with_a_payload(tmp_path / "payload.pt")
     message = str(_refused("optim", path, UntrustedGlobalError))
     assert "neither a tensor rebuild nor a plain container," in message, message
     torch.save(store({"x": torch.ones(1)}) | {"hook": Payload()}, path)
